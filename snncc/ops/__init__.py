@@ -1,0 +1,21 @@
+"""The `snn` op set: domain, version, and the model-local function library."""
+
+from __future__ import annotations
+
+import onnx
+
+from snncc.ops.parallel_spike import OP_TYPE as PARALLEL_SPIKE
+from snncc.ops.parallel_spike import parallel_spike_function
+
+DOMAIN = "snn"
+VERSION = 1
+# The standard opset every compiled model (and every function body) uses.
+TARGET_OPSET = 21
+
+
+def function_library() -> list[onnx.FunctionProto]:
+    """Every `snn` op as a model-local function, ready to attach to a compiled model."""
+    return [parallel_spike_function(DOMAIN, TARGET_OPSET)]
+
+
+__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "PARALLEL_SPIKE", "function_library"]

@@ -1,0 +1,82 @@
+"""`snn.ParallelSpike`: the parallel spiking neuron as a model-local ONNX function.
+
+The body uses standard ONNX ops only, so a compiled model runs on any ONNX backend; it is the
+reference implementation that native kernels must match (see docs/ops.md).
+
+Invariant: for input currents X of shape [T*B, ...] (time-major, step t owns rows t*B..(t+1)*B-1),
+with m the mean of X over the T steps, the neuron fires k = clip(floor((T*(m+psi) + theta_pre/2) /
+theta_pre), 0, T) spikes of value theta_post on the last k steps (steps T-k+1..T, 1-based), so the
+output's T-mean equals DA-QCFS(m; theta_pre, theta_post - theta_pre, psi, T) (paper Thm 4.1).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import onnx
+import onnx.parser
+
+OP_TYPE = "ParallelSpike"
+
+# The closed form of the paper's firing condition: step x (1-based) fires iff
+#   T/(T-x+1)*m + (theta_pre/2 + T*psi)/(T-x+1) >= theta_pre  <=>  x >= T + 1 - k.
+_FUNCTION_TEXT = """
+<domain: "{domain}", opset_import: ["": {opset}]>
+ParallelSpike <T> (X, theta_pre, theta_post, psi) => (Y)
+{{
+  steps = Constant <value_int: int = @T> ()
+  axis0 = Constant <value_ints: ints = [0]> ()
+  steps_1d = Unsqueeze (steps, axis0)
+  minus_one = Constant <value_ints: ints = [-1]> ()
+  x_shape = Shape (X)
+  step_shape_tail = Shape <start: int = 1> (X)
+  split_shape = Concat <axis: int = 0> (steps_1d, minus_one, step_shape_tail)
+  x_by_step = Reshape (X, split_shape)
+  mean_current = ReduceMean <keepdims: int = 1> (x_by_step, axis0)
+  steps_f = CastLike (steps, X)
+  half_c = Constant <value_float: float = 0.5> ()
+  half = CastLike (half_c, X)
+  zero_c = Constant <value_float: float = 0.0> ()
+  zero = CastLike (zero_c, X)
+  shifted = Add (mean_current, psi)
+  drive = Mul (steps_f, shifted)
+  half_theta = Mul (theta_pre, half)
+  numerator = Add (drive, half_theta)
+  level = Div (numerator, theta_pre)
+  level_floor = Floor (level)
+  spike_count = Clip (level_floor, zero, steps_f)
+  zero_s = Constant <value_int: int = 0> ()
+  one_s = Constant <value_int: int = 1> ()
+  step_range = Range (zero_s, steps, one_s)
+  x_rank = Shape (x_shape)
+  ones = ConstantOfShape <value: tensor = int64[1] {{1}}> (x_rank)
+  index_shape = Concat <axis: int = 0> (steps_1d, ones)
+  step_index_i = Reshape (step_range, index_shape)
+  step_index = CastLike (step_index_i, X)
+  first_step = Sub (steps_f, spike_count)
+  fires = GreaterOrEqual (step_index, first_step)
+  y_by_step = Where (fires, theta_post, zero)
+  Y = Reshape (y_by_step, x_shape)
+}}
+"""
+
+
+@functools.cache
+def _function_bytes(domain: str, opset: int) -> bytes:
+    text = _FUNCTION_TEXT.format(domain=domain, opset=opset)
+    function = onnx.parser.parse_function(text)
+    function.doc_string = (
+        "Parallel spiking neuron (snncc). X: input currents [T*B, ...] time-major; "
+        "theta_pre, theta_post, psi: per-channel parameters shaped to broadcast against one "
+        "step [B, C, ...] (e.g. [C,1,1]). Fires k = clip(floor((T*(mean_t X + psi) + "
+        "theta_pre/2)/theta_pre), 0, T) spikes of value theta_post on the last k steps. "
+        "See docs/ops.md."
+    )
+    return function.SerializeToString()
+
+
+def parallel_spike_function(domain: str, opset: int) -> onnx.FunctionProto:
+    """The function body of ParallelSpike for the given domain and standard opset."""
+    function = onnx.FunctionProto()
+    function.ParseFromString(_function_bytes(domain, opset))
+    return function

@@ -1,0 +1,67 @@
+"""ONNX Runtime sessions for compiled models.
+
+Invariant: a session always runs (the `snn` ops fall back to their model-local functions); it
+uses the native op library when one is found and `SNNCC_NATIVE` is not `0`, and the CUDA execution
+provider when ONNX Runtime offers it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+
+_LIBRARY_NAME = "libsnncc_ops.so"
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def native_library_path() -> Path | None:
+    """The native `snn` op library to register, or None (absent, or disabled by SNNCC_NATIVE=0)."""
+    if os.environ.get("SNNCC_NATIVE", "1") == "0":
+        return None
+    candidates = []
+    if os.environ.get("SNNCC_NATIVE_LIB"):
+        candidates.append(Path(os.environ["SNNCC_NATIVE_LIB"]))
+    candidates += [
+        Path(__file__).resolve().parent / _LIBRARY_NAME,
+        _REPO_ROOT / "runtime" / "build" / _LIBRARY_NAME,
+    ]
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this onnxruntime build offers it, the CPU always."""
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+def make_session(
+    model: onnx.ModelProto | str | os.PathLike,
+    *,
+    native: bool | None = None,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An InferenceSession for `model`; native=None registers the library when present."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    library = native_library_path() if native in (None, True) else None
+    if native and library is None:
+        raise FileNotFoundError(f"native library {_LIBRARY_NAME} not found (build it with `make native`)")
+    if library is not None:
+        options.register_custom_ops_library(str(library))
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
+
+
+def runtime_description() -> str:
+    """One line saying which implementation of the `snn` ops a session will use."""
+    library = native_library_path()
+    where = ", ".join(default_providers())
+    if library is None:
+        return f"snn ops: model-local ONNX functions (no native library); providers: {where}"
+    return f"snn ops: native library {library}; providers: {where}"
