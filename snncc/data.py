@@ -1,0 +1,108 @@
+"""Datasets for calibration and evaluation, read from the cache that `make data` fills.
+
+Invariant: every loader returns ``x`` as float32 ``[N, 1, 28, 28]`` with values ``uint8 / 255``
+in ``[0, 1]`` (no normalisation; models do their own) and ``y`` as int64 ``[N]`` with labels
+0..9, in the file order of the original idx files. Nothing here downloads: a missing cache is an
+:class:`~snncc.errors.SnnccError` that says to run ``make data``.
+
+Cache folder: ``$SNNCC_DATA_DIR`` if set, else ``<repo>/.cache/data``. Layout (written by
+``scripts/fetch_data.sh``): ``<cache>/<dataset>/{train,t10k}-{images-idx3,labels-idx1}-ubyte``,
+each either raw or gzip-compressed (``.gz``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pathlib
+
+import numpy as np
+
+from snncc.errors import SnnccError
+
+DATASETS = ("mnist", "fashion-mnist")
+SPLITS = ("train", "test")
+_PREFIX = {"train": "train", "test": "t10k"}
+_REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> pathlib.Path:
+    """The cache folder: ``$SNNCC_DATA_DIR`` or ``<repo>/.cache/data``."""
+    env = os.environ.get("SNNCC_DATA_DIR")
+    return pathlib.Path(env) if env else _REPO / ".cache" / "data"
+
+
+def _find(folder: pathlib.Path, stem: str) -> pathlib.Path:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise SnnccError(f"dataset file {folder / stem}[.gz] not found; run `make data` to fetch the datasets")
+
+
+def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
+    """Reads an idx file (big-endian header: magic, then one uint32 per dimension) as uint8."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise SnnccError(f"cannot read {path}: {e}; run `make data` to fetch it again") from e
+    ndim = magic & 0xFF
+    header = 4 + 4 * ndim
+    if len(raw) < header or int.from_bytes(raw[:4], "big") != magic:
+        raise SnnccError(f"{path} is not an idx file (magic {magic:#x}); run `make data` to fetch it again")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if len(raw) != header + int(np.prod(shape)):
+        raise SnnccError(f"{path} is truncated; run `make data` to fetch it again")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (x float32 [N,1,28,28] in [0,1], y int64 [N]) for ``name`` in DATASETS, ``split`` in SPLITS."""
+    if name not in DATASETS:
+        raise SnnccError(f"unknown dataset '{name}'; expected one of {', '.join(DATASETS)}")
+    if split not in SPLITS:
+        raise SnnccError(f"unknown split '{split}' for {name}; expected one of {', '.join(SPLITS)}")
+    folder = data_dir() / name
+    prefix = _PREFIX[split]
+    images = _read_idx(_find(folder, f"{prefix}-images-idx3-ubyte"), 0x00000803)
+    labels = _read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"), 0x00000801)
+    if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
+        raise SnnccError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
+    x = (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+    return x, labels.astype(np.int64)
+
+
+def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """Loads data named by ``spec``: ``"<dataset>:<split>"`` (e.g. ``fashion-mnist:test``),
+    a ``.npz`` file with array ``x`` and optional ``y``, or a ``.npy`` file holding ``x``.
+
+    Returns (x, y or None). Arrays from files are returned as stored except that ``x`` is cast to
+    float32 and ``y`` to int64.
+    """
+    path = pathlib.Path(spec)
+    suffix = path.suffix.lower()
+    if suffix in (".npz", ".npy"):
+        if not path.is_file():
+            raise SnnccError(f"data file {spec} not found")
+        try:
+            loaded = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise SnnccError(f"cannot read data file {spec}: {e}") from e
+        if suffix == ".npy":
+            return np.asarray(loaded, dtype=np.float32), None
+        with loaded:
+            if "x" not in loaded.files:
+                raise SnnccError(f"{spec} has no array 'x' (found: {', '.join(loaded.files) or 'none'})")
+            x = np.asarray(loaded["x"], dtype=np.float32)
+            y = np.asarray(loaded["y"], dtype=np.int64) if "y" in loaded.files else None
+        if y is not None and y.shape[0] != x.shape[0]:
+            raise SnnccError(f"{spec}: x has {x.shape[0]} rows but y has {y.shape[0]}")
+        return x, y
+    name, sep, split = spec.partition(":")
+    if not sep or name not in DATASETS or split not in SPLITS:
+        raise SnnccError(
+            f"bad data spec '{spec}'; expected <dataset>:<split> with dataset in "
+            f"{{{', '.join(DATASETS)}}} and split in {{{', '.join(SPLITS)}}}, or a .npz/.npy file"
+        )
+    return load(name, split)
