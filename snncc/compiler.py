@@ -1,0 +1,173 @@
+"""compile(model, options): ANN ONNX model -> parallel-spiking SNN ONNX model.
+
+The pipeline is a fixed sequence of passes (snncc/passes), each one transformation:
+canonicalise (opset, constants, no-ops, BatchNorm folding, dynamic batch), match activations,
+move MaxPool after activations, set neuron parameters, check convertibility, expand time; then
+the `snn` function library and the model metadata are attached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+import snncc
+from snncc import ops
+from snncc.errors import SnnccError
+from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
+from snncc.passes._graph import CASE_KEY, source_of
+from snncc.passes.check_convertible import CheckConvertiblePass
+from snncc.passes.convert_opset import ConvertOpsetPass
+from snncc.passes.expand_time import ExpandTimePass
+from snncc.passes.fold_batchnorm import FoldBatchNormPass
+from snncc.passes.fold_constants import FoldConstantsPass
+from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
+from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
+from snncc.passes.match_activations import MatchActivationsPass
+from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
+from snncc.passes.remove_no_ops import RemoveNoOpsPass
+from snncc.passes.set_qcfs_parameters import SetQcfsParametersPass
+
+MAX_STEPS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    steps: int  # T, the number of time-steps of the SNN
+    levels: int | None = None  # T̃ override for QCFS models (default: read from the graph)
+    source: str = "model"  # how errors name the input (usually its file name)
+
+    def __post_init__(self):
+        if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
+            raise SnnccError(f"T must be an integer in 1..{MAX_STEPS}, got {self.steps}")
+        if self.levels is not None and not 1 <= self.levels <= MAX_STEPS:
+            raise SnnccError(f"--levels must be an integer in 1..{MAX_STEPS}, got {self.levels}")
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerSummary:
+    """One neuron layer of the compiled SNN, for the CLI's summary."""
+
+    name: str
+    source: str
+    case: str
+    channels: int
+    theta_pre: tuple[float, float]
+    theta_post: tuple[float, float]
+    psi: tuple[float, float]
+
+
+@dataclasses.dataclass
+class CompileResult:
+    model: onnx.ModelProto
+    layers: list[LayerSummary]
+
+
+def canonicalize(model: ir.Model) -> None:
+    """Passes that bring any exporter's graph to one form; shared by compile and inspect."""
+    ir.passes.Sequential(
+        ConvertOpsetPass(ops.TARGET_OPSET),
+        FreezeInitializerInputsPass(),
+        FoldConstantsPass(),
+        RemoveNoOpsPass(),
+        FoldBatchNormPass(),
+        MakeBatchDynamicPass(),
+    )(model)
+
+
+def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
+    return model if isinstance(model, ir.Model) else ir.from_proto(model)
+
+
+def analyse_activations(model: ir.Model) -> ir.Model:
+    """Canonicalise, match activations and move MaxPools: the ANN as snncc understands it."""
+    canonicalize(model)
+    MatchActivationsPass()(model)
+    MoveMaxPoolAfterActivationPass()(model)
+    ir.passes.common.TopologicalSortPass()(model)
+    return model
+
+
+def _require_parameters(model: ir.Model, source: str) -> None:
+    activations = [n for n in model.graph if is_activation(n)]
+    if not activations:
+        raise SnnccError(f"{source}: no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons")
+    uncalibrated = [n for n in activations if read_activation(n).kind in (RELU, CLIP)]
+    if uncalibrated:
+        listed = ", ".join(f"'{source_of(n).split(',')[-1]}' ({read_activation(n).kind})" for n in uncalibrated[:5])
+        more = f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else ""
+        raise SnnccError(
+            f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need threshold recording and "
+            "DA-QCFS calibration on data, which this version of snncc does not provide yet; "
+            "only QCFS models can be compiled"
+        )
+
+
+def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
+    """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
+    graph_model = analyse_activations(to_ir(model))
+    _require_parameters(graph_model, options.source)
+    SetQcfsParametersPass(options.steps, options.levels)(graph_model)
+    levels = sorted({read_activation(n).levels for n in graph_model.graph
+                     if is_activation(n) and read_activation(n).kind == QCFS})
+    CheckConvertiblePass(options.source)(graph_model)
+    ExpandTimePass(options.steps)(graph_model)
+    ir.passes.common.RemoveUnusedNodesPass()(graph_model)
+    proto = _finish(graph_model, options, levels)
+    return CompileResult(proto, summarize_layers(proto))
+
+
+def _finish(model: ir.Model, options: CompileOptions, levels: list[int]) -> onnx.ModelProto:
+    """Attach the `snn` functions and metadata, infer shapes, and check the result."""
+    model.opset_imports.pop("snncc.internal", None)
+    proto = ir.to_proto(model)
+    proto.functions.extend(ops.function_library())
+    proto.producer_name = "snncc"
+    proto.producer_version = snncc.__version__
+    neuron_cases = sorted({_case_of(n) for n in proto.graph.node if n.op_type == ops.PARALLEL_SPIKE})
+    metadata = {
+        "snncc.version": snncc.__version__,
+        "snncc.T": str(options.steps),
+        "snncc.levels": ",".join(str(options.levels or level) for level in levels),
+        "snncc.case": ",".join(neuron_cases),
+        "snncc.calibration": json.dumps({"done": False}),
+    }
+    existing = [p for p in proto.metadata_props if p.key not in metadata]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(existing)
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto
+
+
+def _case_of(node: onnx.NodeProto) -> str:
+    return next((p.value for p in node.metadata_props if p.key == CASE_KEY), "unknown")
+
+
+def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.ndarray]:
+    inits = {t.name: t for t in proto.graph.initializer}
+    return [onnx.numpy_helper.to_array(inits[name]).reshape(-1) for name in node.input[1:4]]
+
+
+def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
+    """The neuron layers of a compiled SNN, read back from the graph."""
+    layers = []
+    for node in proto.graph.node:
+        if node.domain != ops.DOMAIN or node.op_type != ops.PARALLEL_SPIKE:
+            continue
+        meta = {p.key: p.value for p in node.metadata_props}
+        theta_pre, theta_post, psi = _neuron_parameters(proto, node)
+        layers.append(LayerSummary(
+            name=node.name, source=meta.get("snncc.source", ""), case=_case_of(node),
+            channels=int(theta_pre.size),
+            theta_pre=(float(theta_pre.min()), float(theta_pre.max())),
+            theta_post=(float(theta_post.min()), float(theta_post.max())),
+            psi=(float(psi.min()), float(psi.max())),
+        ))
+    return layers

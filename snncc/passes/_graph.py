@@ -1,0 +1,76 @@
+"""Small helpers shared by the passes: constants, fresh names, provenance tags."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import onnx_ir as ir
+
+PASS_KEY = "snncc.pass"
+SOURCE_KEY = "snncc.source"
+CASE_KEY = "snncc.case"
+
+
+def const_array(value: ir.Value | None) -> np.ndarray | None:
+    """The value's constant contents (initializer or Constant output), or None."""
+    if value is None:
+        return None
+    tensor = ir.convenience.get_const_tensor(value)
+    return None if tensor is None else tensor.numpy()
+
+
+def is_constant(value: ir.Value | None) -> bool:
+    return const_array(value) is not None
+
+
+def tag(node: ir.Node, pass_name: str, source: str, doc: str | None = None) -> ir.Node:
+    """Record which pass created `node` and which original node(s) it stands for."""
+    node.metadata_props[PASS_KEY] = pass_name
+    node.metadata_props[SOURCE_KEY] = source
+    if doc is not None:
+        node.doc_string = doc
+    return node
+
+
+def source_of(node: ir.Node) -> str:
+    """The original node name a (possibly rewritten) node stands for."""
+    return node.metadata_props.get(SOURCE_KEY) or node.name or node.op_type
+
+
+class NameGenerator:
+    """Fresh value and node names that collide with nothing already in the graph."""
+
+    def __init__(self, graph: ir.Graph):
+        self._used = {v.name for v in graph.inputs} | set(graph.initializers)
+        for node in graph:
+            self._used.add(node.name)
+            self._used.update(v.name for v in node.outputs)
+
+    def __call__(self, base: str) -> str:
+        for i in itertools.count():
+            name = base if i == 0 else f"{base}_{i}"
+            if name not in self._used:
+                self._used.add(name)
+                return name
+        raise AssertionError("unreachable")
+
+
+def add_initializer(graph: ir.Graph, names: NameGenerator, base: str, array: np.ndarray) -> ir.Value:
+    """A new initializer holding `array`."""
+    name = names(base)
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def rank_of(value: ir.Value) -> int | None:
+    return None if value.shape is None else len(value.shape)
+
+
+def replace_node(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node], new_outputs: list[ir.Value]) -> None:
+    """Replace `old` by `new_nodes`, rewiring each of its outputs (graph outputs too) in order."""
+    ir.convenience.replace_nodes_and_values(
+        graph, old, [old], new_nodes, list(old.outputs)[: len(new_outputs)], new_outputs
+    )

@@ -1,0 +1,36 @@
+"""Convert the model to the one standard opset that compiled models use.
+
+Invariant after the pass: the default-domain opset import equals the target opset.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript import version_converter
+
+from snncc.errors import SnnccError
+
+MIN_OPSET = 11
+MAX_OPSET = 21
+
+
+def default_opset(model: ir.Model) -> int | None:
+    return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+
+
+class ConvertOpsetPass(ir.passes.InPlacePass):
+    def __init__(self, target: int):
+        super().__init__()
+        self.target = target
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        version = default_opset(model)
+        if version is None or not MIN_OPSET <= version <= MAX_OPSET:
+            raise SnnccError(
+                f"model uses opset {version}; snncc supports opsets {MIN_OPSET}-{MAX_OPSET} "
+                "(re-export the model with one of them)"
+            )
+        if version == self.target:
+            return ir.passes.PassResult(model, modified=False)
+        version_converter.convert_version(model, self.target, fallback=True)
+        return ir.passes.PassResult(model, modified=True)

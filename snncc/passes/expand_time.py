@@ -1,0 +1,137 @@
+"""Time expansion: activations become `snn.ParallelSpike` neurons on time-major tensors.
+
+Invariant after the pass: no internal Activation node remains; every value downstream of a
+neuron and upstream of the read-out has batch T*B (time-major, step t owns rows t*B..(t+1)*B-1);
+an analog value entering that region is tiled T times (direct encoding); every edge from the
+spiking region into the read-out (and every spiking graph output) goes through the T-mean, so
+graph outputs keep batch B and equal the ANN's outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from snncc import ops
+from snncc.passes._activation import NeuronParameters, get_parameters, is_activation
+from snncc.passes._dataflow import Region, analyse
+from snncc.passes._graph import CASE_KEY, NameGenerator, add_initializer, rank_of, replace_node, source_of, tag
+
+PASS_NAME = "expand_time"
+
+
+def _param_array(values: np.ndarray, rank: int) -> np.ndarray:
+    """[C] -> [C, 1, ..., 1] broadcasting against one step [B, C, ...]; [1] stays [1]."""
+    if values.size == 1:
+        return values.reshape(1).astype(np.float32)
+    return values.reshape((-1,) + (1,) * max(rank - 2, 0)).astype(np.float32)
+
+
+def _describe(params: NeuronParameters) -> str:
+    def span(a):
+        return f"{a.min():.4g}" if a.min() == a.max() else f"{a.min():.4g}..{a.max():.4g}"
+    return (f"parallel spiking neuron ({params.case}): theta_pre={span(params.theta_pre)} "
+            f"theta_post={span(params.theta_post)} psi={span(params.psi)} C={params.theta_pre.size}")
+
+
+class ExpandTimePass(ir.passes.InPlacePass):
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = steps
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        flow = analyse(graph)
+        names = NameGenerator(graph)
+        self._graph, self._names = graph, names
+        self._tiled: dict[ir.Value, ir.Value] = {}
+        self._means: dict[ir.Value, ir.Value] = {}
+        modified = False
+        for node in list(graph):
+            if is_activation(node):
+                self._replace_activation(node, flow)
+                modified = True
+            elif flow.is_between_neurons(node):
+                for index, value in enumerate(node.inputs):
+                    if flow.of(value) is Region.ANALOG and node.op_type not in ("Reshape", "Expand"):
+                        node.replace_input_with(index, self._tile(value, node))
+            elif flow.is_readout(node):
+                for index in flow.spiking_inputs(node):
+                    node.replace_input_with(index, self._time_mean(node.inputs[index], node))
+        for index, out in enumerate(graph.outputs):
+            if flow.of(out) is Region.SPIKING:
+                self._output_time_mean(index, out)
+        for node in graph:
+            for value in node.outputs:
+                if not value.is_graph_output() and flow.of(value) is Region.SPIKING:
+                    value.shape = None  # batch is now T*B: let shape inference redo it
+        model.opset_imports[ops.DOMAIN] = ops.VERSION
+        return ir.passes.PassResult(model, modified=modified)
+
+    def _const(self, base: str, array: np.ndarray) -> ir.Value:
+        return add_initializer(self._graph, self._names, base, array)
+
+    def _replace_activation(self, node: ir.Node, flow) -> None:
+        params = get_parameters(node)
+        if params is None:
+            raise AssertionError(f"activation {node.name} reached time expansion without parameters")
+        x = node.inputs[0]
+        rank = rank_of(x)
+        if rank is None:
+            raise AssertionError(f"rank of {x.name} unknown after shape inference")
+        if flow.of(x) is not Region.SPIKING:
+            x = self._tile(x, node)
+        base = node.name.replace("/", "_").strip("_") or "neuron"
+        inputs = [x] + [self._const(f"{base}.{key}", _param_array(getattr(params, key), rank))
+                        for key in ("theta_pre", "theta_post", "psi")]
+        neuron = ir.node(ops.PARALLEL_SPIKE, inputs, attributes={"T": self.steps}, domain=ops.DOMAIN,
+                         name=self._names(node.name.replace("Activation", ops.PARALLEL_SPIKE)))
+        tag(neuron, PASS_NAME, source_of(node), doc=_describe(params))
+        neuron.metadata_props[CASE_KEY] = params.case
+        replace_node(self._graph, node, [neuron], [neuron.outputs[0]])
+        flow.region[neuron.outputs[0]] = Region.SPIKING
+
+    def _tile(self, value: ir.Value, consumer: ir.Node) -> ir.Value:
+        """Direct encoding: T copies of an analog value, time-major."""
+        if value not in self._tiled:
+            rank = rank_of(value)
+            repeats = self._const(f"{value.name}.repeats", np.array([self.steps] + [1] * (rank - 1), dtype=np.int64))
+            tile = ir.node("Tile", [value, repeats], name=self._names(f"{value.name}/encode"))
+            tile.outputs[0].name = self._names(f"{value.name}.steps")
+            tag(tile, PASS_NAME, source_of(consumer), doc=f"direct encoding: the analog input repeated over T={self.steps} steps")
+            self._graph.insert_before(consumer, tile)
+            self._tiled[value] = tile.outputs[0]
+        return self._tiled[value]
+
+    def _mean_nodes(self, value: ir.Value, source: str) -> list[ir.Node]:
+        """Reshape [T*B, ...] -> [T, B, ...] and average over the steps."""
+        steps = self._const(f"{value.name}.steps_split", np.array([self.steps, -1], dtype=np.int64))
+        tail = ir.node("Shape", [value], attributes={"start": 1})
+        shape = ir.node("Concat", [steps, tail.outputs[0]], attributes={"axis": 0})
+        split = ir.node("Reshape", [value, shape.outputs[0]])
+        axes = self._const(f"{value.name}.time_axis", np.array([0], dtype=np.int64))
+        mean = ir.node("ReduceMean", [split.outputs[0], axes], attributes={"keepdims": 0})
+        nodes = [tail, shape, split, mean]
+        for n in nodes:
+            n.name = self._names(f"{value.name}/time_mean/{n.op_type}")
+            for out in n.outputs:
+                out.name = self._names(f"{value.name}.{n.op_type.lower()}")
+            tag(n, PASS_NAME, source, doc=f"read-out: mean over the T={self.steps} time-steps")
+        return nodes
+
+    def _time_mean(self, value: ir.Value, consumer: ir.Node) -> ir.Value:
+        if value not in self._means:
+            nodes = self._mean_nodes(value, source_of(consumer))
+            self._graph.insert_before(consumer, nodes)
+            self._means[value] = nodes[-1].outputs[0]
+        return self._means[value]
+
+    def _output_time_mean(self, index: int, value: ir.Value) -> None:
+        """A spiking graph output: the output name now carries the T-mean."""
+        nodes = self._mean_nodes(value, value.name)
+        self._graph.extend(nodes)
+        mean = nodes[-1].outputs[0]
+        old_name, shape, dtype = value.name, value.shape, value.type
+        value.name = self._names(f"{old_name}.spikes")
+        mean.name, mean.shape, mean.type = old_name, shape, dtype
+        self._graph.outputs[index] = mean
