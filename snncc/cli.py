@@ -1,0 +1,115 @@
+"""The `snncc` command line: parsing, progress and printing only; the work is in the modules."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+from snncc.errors import SnnccError
+
+
+def _user_errors(command):
+    """Print user errors as one line and exit 2; internal errors keep their traceback (exit 1)."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except SnnccError as error:
+            click.echo(f"snncc: error: {error}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="snncc")
+def main():
+    """Compile ANN ONNX models into parallel-spiking SNN ONNX models."""
+
+
+def _format_range(low: float, high: float) -> str:
+    return f"{low:.4g}" if low == high else f"{low:.4g}..{high:.4g}"
+
+
+def _print_layers(layers) -> None:
+    click.echo(f"{'neuron layer':<28} {'case':<16} {'C':>5} {'theta_pre':>14} {'theta_post':>14} {'psi':>14}  source")
+    for layer in layers:
+        channels = "1" if layer.channels == 1 else str(layer.channels)
+        source = layer.source if len(layer.source) <= 48 else layer.source[:45] + "..."
+        click.echo(f"{layer.name[:28]:<28} {layer.case:<16} {channels:>5} {_format_range(*layer.theta_pre):>14} "
+                   f"{_format_range(*layer.theta_post):>14} {_format_range(*layer.psi):>14}  {source}")
+
+
+@main.command("compile")
+@click.argument("model_path", metavar="IN.onnx", type=click.Path(path_type=Path))
+@click.option("--T", "steps", type=int, required=True, help="Number of SNN time-steps T.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default IN.snn.onnx).")
+@click.option("--levels", type=int, help="QCFS quantisation levels T̃ (default: read from the graph).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
+@_user_errors
+def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, force: bool, print_runtime: bool):
+    """Compile IN.onnx into a spiking model with T time-steps."""
+    from snncc.compiler import CompileOptions, compile_model
+    from snncc.modelio import check_output_path, default_output, load_model, save_model
+
+    output = output or default_output(model_path)
+    options = CompileOptions(steps=steps, levels=levels, source=str(model_path))
+    model = load_model(model_path)
+    check_output_path(output, model_path, force)
+    result = compile_model(model, options)
+    _print_layers(result.layers)
+    save_model(result.model, output)
+    click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
+    if print_runtime:
+        from snncc.session import runtime_description
+        click.echo(runtime_description())
+
+
+@main.command("inspect")
+@click.argument("model_path", metavar="FILE.onnx", type=click.Path(path_type=Path))
+@_user_errors
+def inspect_command(model_path: Path):
+    """Summarise an ANN (activations, convertible or not) or a compiled SNN (T, neurons)."""
+    from snncc.inspection import describe
+    from snncc.modelio import load_model
+
+    click.echo(describe(load_model(model_path), str(model_path)))
+
+
+@main.command("eval")
+@click.argument("model_path", metavar="MODEL.snn.onnx", type=click.Path(path_type=Path))
+@click.option("--data", "data_spec", required=True, help="'fashion-mnist:test', 'mnist:test', or a .npz (x, y) / .npy file.")
+@click.option("--ann", "ann_path", type=click.Path(path_type=Path), help="The ANN to compare with.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@_user_errors
+def eval_command(model_path: Path, data_spec: str, ann_path: Path | None, batch_size: int):
+    """Accuracy of a model on labelled data, and its agreement with the ANN."""
+    from snncc.data import load_spec
+    from snncc.evaluate import agreement, check_input, predict, top_k_accuracy
+    from snncc.modelio import load_model
+    from snncc.session import make_session, runtime_description
+
+    x, y = load_spec(data_spec)
+    sessions = {"SNN": make_session(load_model(model_path))}
+    if ann_path is not None:
+        sessions["ANN"] = make_session(load_model(ann_path), native=False)
+    for path, session in zip([model_path, ann_path], sessions.values()):
+        check_input(session, x, f"{path} with --data {data_spec}")
+    logits = {name: predict(s, x, batch_size, label=f"{name} on {len(x)} inputs") for name, s in sessions.items()}
+    click.echo(runtime_description())
+    for name, out in logits.items():
+        if y is not None:
+            click.echo(f"{name} accuracy: {100 * top_k_accuracy(out, y):.2f}% top-1, "
+                       f"{100 * top_k_accuracy(out, y, min(5, out.shape[1])):.2f}% top-5 ({len(x)} inputs)")
+    if "ANN" in logits:
+        agree = agreement(logits["SNN"], logits["ANN"])
+        click.echo(f"agreement with the ANN: argmax {100 * agree.argmax:.2f}%, "
+                   f"max |logit difference| {agree.max_abs_logit_diff:.3g}, "
+                   f"within 1e-4*max|logit| on {100 * agree.relative_close:.2f}% of inputs")
+
+
+if __name__ == "__main__":
+    main()
