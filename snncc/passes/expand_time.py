@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from snncc import ops
 from snncc.passes._activation import NeuronParameters, get_parameters, is_activation
@@ -40,6 +41,7 @@ class ExpandTimePass(ir.passes.InPlacePass):
         self.steps = steps
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        common_passes.ShapeInferencePass()(model)  # ranks size the parameters and Tile repeats
         graph = model.graph
         flow = analyse(graph)
         names = NameGenerator(graph)

@@ -45,6 +45,7 @@ def _channel_vector(array: np.ndarray, rank: int | None) -> np.ndarray | None:
 
 def _emit(op, x: ir.Value, record: Activation, matched: list[ir.Value]) -> ir.Value:
     out = op.Activation(x, _domain=INTERNAL_DOMAIN, **record.attributes())
+    out.shape, out.type = x.shape, x.type  # elementwise; ONNX shape inference cannot see through it
     names = [v.producer().name or v.producer().op_type for v in matched if v.producer() is not None]
     node = tag(out.producer(), PASS_NAME, ",".join(names), doc=f"{record.kind} activation")
     scope = os.path.commonprefix(names).rpartition("/")[0]
