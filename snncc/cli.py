@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -47,18 +48,34 @@ def _print_layers(layers) -> None:
 @click.option("--T", "steps", type=int, required=True, help="Number of SNN time-steps T.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default IN.snn.onnx).")
 @click.option("--levels", type=int, help="QCFS quantisation levels T̃ (default: read from the graph).")
+@click.option("--calib", "calib_spec", help="Calibration data: .npy, .npz (array x), an image folder, or dataset:split.")
+@click.option("--calib-samples", type=int, help="Use the first N calibration samples.")
+@click.option("--preprocess", help="For image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
+@click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max' or a percentile such as p99.9.")
+@click.option("--calibrate/--no-calibrate", default=None, help="DA-QCFS calibration (default: on for ReLU models, off for QCFS).")
+@click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch size for calibration.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
 @_user_errors
-def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, force: bool, print_runtime: bool):
+def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
+                    calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: bool | None,
+                    momentum: float, batch_size: int, force: bool, print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
+    from snncc.calibration.dataset import load_calibration_data
+    from snncc.calibration.pipeline import CalibrationOptions
+    from snncc.calibration.thresholds import ThresholdMode
     from snncc.compiler import CompileOptions, compile_model
-    from snncc.modelio import check_output_path, default_output, load_model, save_model
+    from snncc.modelio import check_output_path, default_output, load_model, model_input_shape, save_model
 
     output = output or default_output(model_path)
-    options = CompileOptions(steps=steps, levels=levels, source=str(model_path))
+    calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)
+    options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration)
     model = load_model(model_path)
     check_output_path(output, model_path, force)
+    if calib_spec is not None:
+        data = load_calibration_data(calib_spec, model_input_shape(model, str(model_path)), calib_samples, preprocess)
+        options = dataclasses.replace(options, calibration_data=data)
     result = compile_model(model, options)
     _print_layers(result.layers)
     save_model(result.model, output)

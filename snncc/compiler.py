@@ -17,6 +17,8 @@ import onnx_ir as ir
 
 import snncc
 from snncc import ops
+from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.errors import SnnccError
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
@@ -40,6 +42,8 @@ class CompileOptions:
     steps: int  # T, the number of time-steps of the SNN
     levels: int | None = None  # T̃ override for QCFS models (default: read from the graph)
     source: str = "model"  # how errors name the input (usually its file name)
+    calibration_data: CalibrationData | None = None  # needed for ReLU/Clip models
+    calibration: CalibrationOptions = CalibrationOptions()
 
     def __post_init__(self):
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
@@ -92,36 +96,44 @@ def analyse_activations(model: ir.Model) -> ir.Model:
     return model
 
 
-def _require_parameters(model: ir.Model, source: str) -> None:
+def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
+    source = options.source
     activations = [n for n in model.graph if is_activation(n)]
     if not activations:
         raise SnnccError(f"{source}: no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons")
+    if options.calibration_data is not None:
+        return
     uncalibrated = [n for n in activations if read_activation(n).kind in (RELU, CLIP)]
     if uncalibrated:
         listed = ", ".join(f"'{source_of(n).split(',')[-1]}' ({read_activation(n).kind})" for n in uncalibrated[:5])
         more = f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else ""
         raise SnnccError(
-            f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need threshold recording and "
-            "DA-QCFS calibration on data, which this version of snncc does not provide yet; "
-            "only QCFS models can be compiled"
+            f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need thresholds recorded on "
+            "calibration data: pass --calib DATA (a .npy/.npz file, an image folder, or e.g. fashion-mnist:train)"
         )
+    if options.calibration.da_qcfs:
+        raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data: pass --calib DATA")
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
     """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
     graph_model = analyse_activations(to_ir(model))
-    _require_parameters(graph_model, options.source)
+    _check_data_needs(graph_model, options)
     SetQcfsParametersPass(options.steps, options.levels)(graph_model)
+    calibration = {"done": False}
+    if options.calibration_data is not None:
+        CheckConvertiblePass(options.source)(graph_model)  # fail before spending time on data
+        calibration = calibrate_parameters(graph_model, options.calibration_data, options.steps, options.calibration)
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)
     ExpandTimePass(options.steps)(graph_model)
     ir.passes.common.RemoveUnusedNodesPass()(graph_model)
-    proto = _finish(graph_model, options, levels)
+    proto = _finish(graph_model, options, levels, calibration)
     return CompileResult(proto, summarize_layers(proto))
 
 
-def _finish(model: ir.Model, options: CompileOptions, levels: list[int]) -> onnx.ModelProto:
+def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibration: dict) -> onnx.ModelProto:
     """Attach the `snn` functions and metadata, infer shapes, and check the result."""
     model.opset_imports.pop("snncc.internal", None)
     proto = ir.to_proto(model)
@@ -134,7 +146,7 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int]) -> onnx
         "snncc.T": str(options.steps),
         "snncc.levels": ",".join(str(options.levels or level) for level in levels),
         "snncc.case": ",".join(neuron_cases),
-        "snncc.calibration": json.dumps({"done": False}),
+        "snncc.calibration": json.dumps(calibration, sort_keys=True),
     }
     existing = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]

@@ -27,12 +27,14 @@ def check_input(session: ort.InferenceSession, x: np.ndarray, source: str) -> No
 def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, label: str = "running") -> np.ndarray:
     """The first output of `session` for every row of `x`, computed in batches with a progress bar."""
     name = session.get_inputs()[0].name
-    outputs = []
     starts = range(0, len(x), batch_size)
-    with click.progressbar(starts, label=label, file=click.get_text_stream("stderr")) as bar:
-        for start in bar:
-            outputs.append(session.run(None, {name: x[start:start + batch_size]})[0])
-    return np.concatenate(outputs)
+    return np.concatenate([session.run(None, {name: x[s:s + batch_size]})[0] for s in progress(starts, label)])
+
+
+def progress(items, label: str):
+    """Iterate over `items` with a progress bar on stderr."""
+    with click.progressbar(items, label=label, file=click.get_text_stream("stderr")) as bar:
+        yield from bar
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:

@@ -34,6 +34,16 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     return model
 
 
+def model_input_shape(model: onnx.ModelProto, source: str) -> list:
+    """The single data input's shape: ints for static dims, names (or None) for dynamic ones."""
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise SnnccError(f"{source}: the model has {len(inputs)} data inputs; snncc converts models with exactly one")
+    dims = inputs[0].type.tensor_type.shape.dim
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims]
+
+
 def default_output(path: str | os.PathLike) -> Path:
     path = Path(path)
     stem = path.name[: -len(".onnx")] if path.name.endswith(".onnx") else path.name

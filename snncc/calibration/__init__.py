@@ -1,0 +1,1 @@
+"""Data-driven conversion: calibration data, threshold recording, DA-QCFS calibration (Algorithm 1)."""
