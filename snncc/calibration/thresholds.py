@@ -2,8 +2,9 @@
 
 The ANN runs unchanged on the calibration set; for every ReLU/Clip activation the per-channel
 statistic of its input z is recorded: the maximum (the paper's choice) or a percentile of the
-positive values (`p99.9`, ...), computed from fixed-size per-channel histograms so memory stays
-bounded however large the set. `Clip(0, a)` / ReLU6 keep min(θ_c, a). A channel whose input is
+positive values (`p99.9`, ...: the smallest value with at least that share of the positive values
+at or below it), computed from fixed-size per-channel histograms over [0, max] so memory stays
+bounded however large the set; the result is exact to one bin (max / 4096). `Clip(0, a)` / ReLU6 keep min(θ_c, a). A channel whose input is
 never positive gets θ = 0: it becomes a silent neuron.
 
 Invariant: returns one non-negative float32 [C] array per ReLU/Clip activation node name.
