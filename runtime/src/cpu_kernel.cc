@@ -8,25 +8,59 @@
 #include "cpu_kernel.h"
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace snncc {
 namespace {
 
-/// Per-neuron copies of the channel parameters of neurons [first, first + n).
+/// out[j] = values[channel of neuron first + j] for j < n, as F; stride 0 broadcasts values[0].
+/// Works in runs of consecutive neurons: runs of one channel (inner > 1) or of consecutive
+/// channels (inner == 1), so that every inner loop is a fill or a copy.
 template <typename S, typename F>
-void gather_params(const Params<S>& params, const Geometry& g, int64_t first, int64_t n, F* theta_pre,
-                   S* theta_post, F* psi) {
+void gather(const S* values, int64_t stride, const Geometry& g, int64_t first, int64_t n, F* out) {
+  if (stride == 0) {
+    std::fill(out, out + n, static_cast<F>(values[0]));
+    return;
+  }
   int64_t channel = (first / g.inner) % g.channels;
   int64_t offset = first % g.inner;
-  for (int64_t j = 0; j < n; ++j) {
-    theta_pre[j] = static_cast<F>(params.theta_pre[channel * params.theta_pre_stride]);
-    theta_post[j] = params.theta_post[channel * params.theta_post_stride];
-    psi[j] = static_cast<F>(params.psi[channel * params.psi_stride]);
-    if (++offset == g.inner) {
+  for (int64_t j = 0; j < n;) {
+    if (g.inner == 1) {
+      const int64_t run = std::min(g.channels - channel, n - j);
+      for (int64_t k = 0; k < run; ++k) out[j + k] = static_cast<F>(values[channel + k]);
+      j += run;
+      channel = 0;
+    } else {
+      const int64_t run = std::min(g.inner - offset, n - j);
+      std::fill(out + j, out + j + run, static_cast<F>(values[channel]));
+      j += run;
       offset = 0;
       if (++channel == g.channels) channel = 0;
     }
   }
+}
+
+/// Outputs at least this large are written with non-temporal stores: they cannot stay in cache
+/// anyway, and streaming saves reading every line before writing it (as large memcpy does).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+/// dst[j] = src[j] for j < n; non-temporal stores where `stream` and the type allows.
+template <typename S>
+void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool stream) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (stream) {
+      for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
+      for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    }
+  }
+#endif
+  std::copy(src + j, src + n, dst + j);
 }
 
 template <typename S>
@@ -36,12 +70,14 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
   alignas(64) F drive_of[kCpuChunk];
   alignas(64) F theta_pre[kCpuChunk];
   alignas(64) S theta_post[kCpuChunk];
+  alignas(64) S out[kCpuChunk];  // one output row, built in cache and then stored
   alignas(64) F psi[kCpuChunk];
   alignas(64) F first_step[kCpuChunk];  // 0-based first firing step, T when silent
   alignas(64) int count[kCpuChunk];
   const int steps = static_cast<int>(g.steps);
   const F steps_f = static_cast<F>(steps);
   const int64_t stride = g.neurons;
+  const bool stream = g.steps * g.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
   x += first;
   y += first;
 
@@ -51,16 +87,16 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
     const S* row = x + t * stride;
     for (int64_t j = 0; j < n; ++j) sum[j] += static_cast<F>(row[j]);
   }
-  gather_params(params, g, first, n, theta_pre, theta_post, psi);
+  gather(params.theta_pre, params.theta_pre_stride, g, first, n, theta_pre);
+  gather(params.theta_post, params.theta_post_stride, g, first, n, theta_post);
+  gather(params.psi, params.psi_stride, g, first, n, psi);
   for (int64_t j = 0; j < n; ++j) drive_of[j] = drive(sum[j] / steps_f, theta_pre[j], psi[j], steps_f);
 
   if (algorithm == Algorithm::kDense) {
     for (int t = 0; t < steps; ++t) {
-      S* row = y + t * stride;
       const int remaining = steps - t;
-      for (int64_t j = 0; j < n; ++j) {
-        row[j] = fires(drive_of[j], theta_pre[j], remaining) ? theta_post[j] : S(0);
-      }
+      for (int64_t j = 0; j < n; ++j) out[j] = fires(drive_of[j], theta_pre[j], remaining) ? theta_post[j] : S(0);
+      store_row(y + t * stride, out, n, stream);
     }
     return;
   }
@@ -69,8 +105,8 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
     std::fill(count, count + n, 0);
     for (int s = top_stride(steps); s > 0; s >>= 1) {
       for (int64_t j = 0; j < n; ++j) {
-        const int candidate = count[j] + s;
-        count[j] = candidate <= steps && fires(drive_of[j], theta_pre[j], candidate) ? candidate : count[j];
+        const int candidate = count[j] + s;  // bitwise &: no branch, so the loop vectorises
+        count[j] += (candidate <= steps) & fires(drive_of[j], theta_pre[j], candidate) ? s : 0;
       }
     }
   } else {
@@ -78,9 +114,9 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
   }
   for (int64_t j = 0; j < n; ++j) first_step[j] = static_cast<F>(steps - count[j]);
   for (int t = 0; t < steps; ++t) {
-    S* row = y + t * stride;
     const F t_f = static_cast<F>(t);
-    for (int64_t j = 0; j < n; ++j) row[j] = t_f >= first_step[j] ? theta_post[j] : S(0);
+    for (int64_t j = 0; j < n; ++j) out[j] = t_f >= first_step[j] ? theta_post[j] : S(0);
+    store_row(y + t * stride, out, n, stream);
   }
 }
 
@@ -92,6 +128,9 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
   for (int64_t first = begin; first < end; first += kCpuChunk) {
     chunk(x, params, y, geometry, algorithm, first, std::min(kCpuChunk, end - first));
   }
+#if defined(__SSE2__)
+  _mm_sfence();  // order the non-temporal stores before the caller signals completion
+#endif
 }
 
 #define SNNCC_INSTANTIATE(S)                                                                             \

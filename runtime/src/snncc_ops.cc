@@ -197,14 +197,22 @@ struct ParallelSpikeOp : Ort::CustomOpBase<ParallelSpikeOp<Kernel>, Kernel, /*Wi
 
   ParallelSpikeOp() { this->InferOutputShapeFn = output_like_x; }
 
-  /// Y has X's type and shape. (ORT merges the ops of one name into one schema that uses one
-  /// op's function for every type, so the type comes from X, not from Kernel.)
+  /// Y has X's type and shape. ORT merges the ops of one name into one schema that uses one
+  /// op's function for every type, so the type comes from X, not from Kernel. The shape is passed
+  /// on only when each dimension is a number or a symbol: ORT would turn an unknown dimension
+  /// into the number -1, and an unknown rank into rank 0.
   static OrtStatusPtr output_like_x(const OrtCustomOp* /*op*/, OrtShapeInferContext* ctx) {
     return guarded([&] {
       const OrtApi& api = Ort::GetApi();
       OrtTensorTypeAndShapeInfo* x_info = nullptr;  // owned by ctx
       Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, 0, &x_info));
-      Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, x_info));
+      const Ort::ConstTensorTypeAndShapeInfo x_type(x_info);
+      const std::vector<int64_t> dims = x_type.GetShape();
+      std::vector<const char*> symbols(dims.size());
+      x_type.GetSymbolicDimensions(symbols.data(), symbols.size());
+      bool known = !dims.empty();
+      for (size_t axis = 0; axis < dims.size(); ++axis) known &= dims[axis] >= 0 || *symbols[axis] != '\0';
+      if (known) Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, x_info));
     });
   }
 };

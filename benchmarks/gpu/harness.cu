@@ -1,0 +1,229 @@
+// Checks the CUDA kernel of snn.ParallelSpike against the CPU kernel and times it (no ONNX Runtime).
+//
+//   harness [--neurons N] [--steps T ...] [--repeats R]      (JSON report on stdout)
+//
+// For float32 and float16 and every T: random currents (with NaN and +-inf sprinkled in) and
+// per-channel parameters; the GPU output must equal the CPU kernel's bit for bit (float16: the CPU
+// kernel on the widened values, as both compute in float32). Then it times, with CUDA events on
+// one stream, the parallel neuron, a serial integrate-and-fire neuron with the same T (the
+// step-by-step baseline: one thread per neuron, T dependent steps, same bytes moved) and a
+// device-to-device copy of the same bytes. GB/s count the bytes read and written (2*T*N*size).
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#include "cpu_kernel.h"
+#include "cuda_kernel.h"
+
+using namespace snncc;
+
+namespace {
+
+constexpr int64_t kChannels = 64;
+constexpr int64_t kInner = 256;  // 16 x 16 pixels per channel
+
+void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    std::fprintf(stderr, "harness: %s: %s\n", what, cudaGetErrorString(status));
+    std::exit(1);
+  }
+}
+
+/// Runs fn(begin, end) on disjoint ranges of [0, n) on all hardware threads.
+template <typename Fn>
+void parallel_for(int64_t n, Fn fn) {
+  const int64_t workers = std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::thread> threads;
+  for (int64_t w = 0; w < workers; ++w) threads.emplace_back(fn, n * w / workers, n * (w + 1) / workers);
+  for (auto& t : threads) t.join();
+}
+
+/// Deterministic pseudo-random value in [0, 1) for index i (splitmix64).
+float uniform(uint64_t i) {
+  uint64_t z = i + 0x9e3779b97f4a7c15ull;
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return static_cast<float>((z ^ (z >> 31)) >> 40) / 16777216.0f;
+}
+
+template <typename S>
+S store(float v);
+template <>
+float store<float>(float v) { return v; }
+template <>
+__half store<__half>(float v) { return __float2half_rn(v); }
+float widen(float v) { return v; }
+float widen(__half v) { return __half2float(v); }
+
+/// Serial integrate-and-fire neuron with soft reset, membrane starting at theta/2: the usual
+/// step-by-step SNN neuron, here as the baseline that the parallel neuron replaces.
+template <typename S>
+__global__ void integrate_and_fire(const S* __restrict__ x, const S* __restrict__ theta, S* __restrict__ y,
+                                   int64_t neurons, int steps, int64_t inner, int64_t channels) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < neurons;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const S spike = theta[(i / inner) % channels];
+    const float threshold = static_cast<float>(spike);
+    float v = 0.5f * threshold;
+    for (int t = 0; t < steps; ++t) {
+      v += static_cast<float>(x[t * neurons + i]);
+      const bool fire = v >= threshold;
+      v -= fire ? threshold : 0.0f;
+      y[t * neurons + i] = fire ? spike : S(0.0f);
+    }
+  }
+}
+
+/// Milliseconds per call of fn on `stream`, best of `repeats` (after one warm-up call).
+template <typename Fn>
+float best_ms(Fn fn, cudaStream_t stream, int repeats) {
+  cudaEvent_t start, stop;
+  check(cudaEventCreate(&start), "event");
+  check(cudaEventCreate(&stop), "event");
+  fn();
+  float best = INFINITY;
+  for (int r = 0; r < repeats; ++r) {
+    check(cudaEventRecord(start, stream), "record");
+    fn();
+    check(cudaEventRecord(stop, stream), "record");
+    check(cudaEventSynchronize(stop), "synchronize");
+    float ms = 0;
+    check(cudaEventElapsedTime(&ms, start, stop), "elapsed");
+    best = std::min(best, ms);
+  }
+  check(cudaEventDestroy(start), "event");
+  check(cudaEventDestroy(stop), "event");
+  return best;
+}
+
+/// One (type, T) case; prints its JSON object.
+template <typename S>
+void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cudaStream_t stream, bool first) {
+  const int64_t size = steps * neurons;
+  const cuda::DType dtype = std::is_same_v<S, float> ? cuda::DType::kFloat32 : cuda::DType::kFloat16;
+  std::vector<S> x(size), params(3 * kChannels);
+  std::vector<float> x_wide(size), params_wide(3 * kChannels), y_ref(size);
+  parallel_for(size, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float u = uniform(static_cast<uint64_t>(i) * 7 + steps);
+      // Every 9973rd value non-finite: NaN, +inf or -inf.
+      const float v = i % 9973 == 0 ? (i % 3 == 0 ? NAN : (i % 3 == 1 ? INFINITY : -INFINITY)) : 3.0f * u - 0.5f;
+      x[i] = store<S>(v);
+      x_wide[i] = widen(x[i]);
+    }
+  });
+  for (int64_t c = 0; c < kChannels; ++c) {
+    params[c] = store<S>(0.5f + uniform(c));                       // theta_pre
+    params[kChannels + c] = store<S>(0.5f + uniform(c + 1000));    // theta_post
+    params[2 * kChannels + c] = store<S>(0.2f * uniform(c + 2000) - 0.1f);  // psi
+  }
+  for (size_t k = 0; k < params.size(); ++k) params_wide[k] = widen(params[k]);
+
+  const Geometry g{steps, neurons, kChannels, kInner};
+  const Params<float> cpu_params{params_wide.data(), params_wide.data() + kChannels,
+                                 params_wide.data() + 2 * kChannels, 1, 1, 1};
+  parallel_for(neurons, [&](int64_t begin, int64_t end) {
+    parallel_spike_cpu(x_wide.data(), cpu_params, y_ref.data(), g, Algorithm::kBinary, begin, end);
+  });
+
+  S *d_x, *d_y, *d_params;
+  check(cudaMalloc(&d_x, size * sizeof(S)), "malloc x");
+  check(cudaMalloc(&d_y, size * sizeof(S)), "malloc y");
+  check(cudaMalloc(&d_params, params.size() * sizeof(S)), "malloc params");
+  check(cudaMemcpy(d_x, x.data(), size * sizeof(S), cudaMemcpyHostToDevice), "copy x");
+  check(cudaMemcpy(d_params, params.data(), params.size() * sizeof(S), cudaMemcpyHostToDevice), "copy params");
+  const Params<void> gpu_params{d_params, d_params + kChannels, d_params + 2 * kChannels, 1, 1, 1};
+  const auto launch = [&] {
+    if (const char* error = cuda::launch_parallel_spike(dtype, d_x, gpu_params, d_y, g, stream)) {
+      std::fprintf(stderr, "harness: launch: %s\n", error);
+      std::exit(1);
+    }
+  };
+  launch();
+  check(cudaStreamSynchronize(stream), "kernel");
+  std::vector<S> y(size);
+  check(cudaMemcpy(y.data(), d_y, size * sizeof(S), cudaMemcpyDeviceToHost), "copy y");
+  int64_t mismatches = 0;
+  for (int64_t i = 0; i < size; ++i) {
+    const float a = widen(y[i]);
+    mismatches += std::memcmp(&a, &y_ref[i], sizeof(float)) != 0;
+  }
+
+  const float parallel_ms = best_ms(launch, stream, repeats);
+  const int blocks = static_cast<int>(std::min<int64_t>((neurons + 255) / 256, 1 << 20));
+  const float serial_ms = best_ms(
+      [&] { integrate_and_fire<S><<<blocks, 256, 0, stream>>>(d_x, d_params, d_y, neurons, steps, kInner, kChannels); },
+      stream, repeats);
+  const float copy_ms = best_ms(
+      [&] { check(cudaMemcpyAsync(d_y, d_x, size * sizeof(S), cudaMemcpyDeviceToDevice, stream), "copy"); }, stream,
+      repeats);
+  check(cudaGetLastError(), "timing");
+  check(cudaFree(d_x), "free");
+  check(cudaFree(d_y), "free");
+  check(cudaFree(d_params), "free");
+
+  const double gb = 2.0 * size * sizeof(S) / 1e9;
+  std::printf(
+      "%s    {\"dtype\": \"%s\", \"T\": %d, \"neurons\": %lld, \"mismatched_values\": %lld, "
+      "\"ms\": {\"parallel\": %.4f, \"serial_if\": %.4f, \"copy\": %.4f}, "
+      "\"gb_per_s\": {\"parallel\": %.1f, \"serial_if\": %.1f, \"copy\": %.1f}}",
+      first ? "" : ",\n", type_name, steps, static_cast<long long>(neurons), static_cast<long long>(mismatches),
+      parallel_ms, serial_ms, copy_ms, gb / parallel_ms * 1e3, gb / serial_ms * 1e3, gb / copy_ms * 1e3);
+  std::fflush(stdout);
+  std::fprintf(stderr, "harness: %s T=%d: %lld mismatches, parallel %.3f ms, serial IF %.3f ms, copy %.3f ms\n",
+               type_name, steps, static_cast<long long>(mismatches), parallel_ms, serial_ms, copy_ms);
+  if (mismatches != 0) std::exit(3);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int64_t neurons = 16 << 20;
+  int repeats = 10;
+  std::vector<int> steps;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "--neurons" && i + 1 < argc) {
+      neurons = std::atoll(argv[++i]);
+    } else if (arg == "--repeats" && i + 1 < argc) {
+      repeats = std::atoi(argv[++i]);
+    } else if (arg == "--steps") {
+      while (i + 1 < argc && argv[i + 1][0] != '-') steps.push_back(std::atoi(argv[++i]));
+    } else {
+      std::fprintf(stderr, "usage: harness [--neurons N] [--steps T ...] [--repeats R]\n");
+      return 2;
+    }
+  }
+  if (steps.empty()) steps = {4, 8, 16, 32, 64, 128};
+  neurons -= neurons % (kChannels * kInner);
+  if (neurons <= 0) {
+    std::fprintf(stderr, "harness: --neurons must be at least %lld\n", static_cast<long long>(kChannels * kInner));
+    return 2;
+  }
+
+  cudaDeviceProp prop{};
+  check(cudaGetDeviceProperties(&prop, 0), "device");
+  cudaStream_t stream;
+  check(cudaStreamCreate(&stream), "stream");
+  std::printf("{\"device\": \"%s\", \"neurons\": %lld, \"repeats\": %d, \"results\": [\n", prop.name,
+              static_cast<long long>(neurons), repeats);
+  bool first = true;
+  for (int t : steps) {
+    run_case<float>("float32", t, neurons, repeats, stream, first);
+    first = false;
+    run_case<__half>("float16", t, neurons, repeats, stream, first);
+  }
+  std::printf("\n]}\n");
+  check(cudaStreamDestroy(stream), "stream");
+  return 0;
+}
