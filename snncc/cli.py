@@ -55,12 +55,17 @@ def _print_layers(layers) -> None:
 @click.option("--calibrate/--no-calibrate", default=None, help="DA-QCFS calibration (default: on for ReLU models, off for QCFS).")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch size for calibration.")
+@click.option("--neuron", type=click.Choice(["parallel", "if"]), default="parallel", show_default=True,
+              help="Parallel spiking neurons, or the serial IF baseline.")
+@click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
+@click.option("--emit-spikes", multiple=True, metavar="NAME", help="Also output this neuron layer's spike train (repeatable).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
 @_user_errors
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
                     calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: bool | None,
-                    momentum: float, batch_size: int, force: bool, print_runtime: bool):
+                    momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
+                    force: bool, print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
     from snncc.calibration.dataset import load_calibration_data
     from snncc.calibration.pipeline import CalibrationOptions
@@ -70,7 +75,8 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
 
     output = output or default_output(model_path)
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)
-    options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration)
+    options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
+                             neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes)
     model = load_model(model_path)
     check_output_path(output, model_path, force)
     if calib_spec is not None:

@@ -24,7 +24,9 @@ from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activ
 from snncc.passes._graph import CASE_KEY, source_of
 from snncc.passes.check_convertible import CheckConvertiblePass
 from snncc.passes.convert_opset import ConvertOpsetPass
+from snncc.passes.emit_spikes import EmitSpikesPass
 from snncc.passes.expand_time import ExpandTimePass
+from snncc.passes.fold_time import FoldTimePass
 from snncc.passes.fold_batchnorm import FoldBatchNormPass
 from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
@@ -44,10 +46,17 @@ class CompileOptions:
     source: str = "model"  # how errors name the input (usually its file name)
     calibration_data: CalibrationData | None = None  # needed for ReLU/Clip models
     calibration: CalibrationOptions = CalibrationOptions()
+    fold_time: bool = False  # synaptic layers run once on rates; neurons output spike counts
+    neuron: str = "parallel"  # "parallel" (snn.ParallelSpike) or "if" (the serial IF baseline)
+    emit_spikes: tuple[str, ...] = ()  # neuron layers whose spike trains become extra outputs
 
     def __post_init__(self):
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
             raise SnnccError(f"T must be an integer in 1..{MAX_STEPS}, got {self.steps}")
+        if self.neuron not in ("parallel", "if"):
+            raise SnnccError(f"unknown neuron '{self.neuron}'; expected 'parallel' or 'if'")
+        if self.neuron == "if" and self.fold_time:
+            raise SnnccError("--fold-time needs parallel neurons: serial IF neurons depend on the order of their inputs")
         if self.levels is not None and not 1 <= self.levels <= MAX_STEPS:
             raise SnnccError(f"--levels must be an integer in 1..{MAX_STEPS}, got {self.levels}")
 
@@ -127,7 +136,11 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)
-    ExpandTimePass(options.steps)(graph_model)
+    if options.fold_time:
+        FoldTimePass(options.steps)(graph_model)
+    else:
+        ExpandTimePass(options.steps, options.neuron)(graph_model)
+    EmitSpikesPass(list(options.emit_spikes), options.steps)(graph_model)
     ir.passes.common.RemoveUnusedNodesPass()(graph_model)
     proto = _finish(graph_model, options, levels, calibration)
     return CompileResult(proto, summarize_layers(proto))
@@ -140,13 +153,15 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     proto.functions.extend(ops.function_library())
     proto.producer_name = "snncc"
     proto.producer_version = snncc.__version__
-    neuron_cases = sorted({_case_of(n) for n in proto.graph.node if n.op_type == ops.PARALLEL_SPIKE})
+    neuron_cases = sorted({_case_of(n) for n in proto.graph.node if _is_neuron(n)})
     metadata = {
         "snncc.version": snncc.__version__,
         "snncc.T": str(options.steps),
         "snncc.levels": ",".join(str(options.levels or level) for level in levels),
         "snncc.case": ",".join(neuron_cases),
         "snncc.calibration": json.dumps(calibration, sort_keys=True),
+        "snncc.folded": "true" if options.fold_time else "false",
+        "snncc.neuron": options.neuron,
     }
     existing = [p for p in proto.metadata_props if p.key not in metadata]
     del proto.metadata_props[:]
@@ -158,20 +173,33 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     return proto
 
 
+NEURON_OPS = (ops.PARALLEL_SPIKE, ops.SPIKE_COUNT, ops.SERIAL_IF)
+
+
+def _is_neuron(node: onnx.NodeProto) -> bool:
+    return node.domain == ops.DOMAIN and node.op_type in NEURON_OPS
+
+
 def _case_of(node: onnx.NodeProto) -> str:
     return next((p.value for p in node.metadata_props if p.key == CASE_KEY), "unknown")
 
 
 def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.ndarray]:
+    """θ_pre, θ_post, ψ of a ParallelSpike node, or of a folded SpikeCount node and its rate Mul."""
     inits = {t.name: t for t in proto.graph.initializer}
-    return [onnx.numpy_helper.to_array(inits[name]).reshape(-1) for name in node.input[1:4]]
+    array = lambda name: onnx.numpy_helper.to_array(inits[name]).reshape(-1)  # noqa: E731
+    if node.op_type != ops.SPIKE_COUNT:
+        return [array(name) for name in node.input[1:4]]
+    steps = next(a.i for a in node.attribute if a.name == "T")
+    rate = next(n for n in proto.graph.node if n.op_type == "Mul" and n.input[0] == node.output[0])
+    return [array(node.input[1]), array(rate.input[1]) * np.float32(steps), array(node.input[2])]
 
 
 def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
     """The neuron layers of a compiled SNN, read back from the graph."""
     layers = []
     for node in proto.graph.node:
-        if node.domain != ops.DOMAIN or node.op_type != ops.PARALLEL_SPIKE:
+        if not _is_neuron(node):
             continue
         meta = {p.key: p.value for p in node.metadata_props}
         theta_pre, theta_post, psi = _neuron_parameters(proto, node)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import onnx
 
+from snncc.ops.folded import SPIKE_COUNT, SPIKE_TRAIN, spike_count_function, spike_train_function
 from snncc.ops.parallel_spike import OP_TYPE as PARALLEL_SPIKE
 from snncc.ops.parallel_spike import parallel_spike_function
+from snncc.ops.serial_if import OP_TYPE as SERIAL_IF
+from snncc.ops.serial_if import serial_if_function
 
 DOMAIN = "snn"
 VERSION = 1
@@ -15,7 +18,12 @@ TARGET_OPSET = 21
 
 def function_library() -> list[onnx.FunctionProto]:
     """Every `snn` op as a model-local function, ready to attach to a compiled model."""
-    return [parallel_spike_function(DOMAIN, TARGET_OPSET)]
+    return [
+        parallel_spike_function(DOMAIN, TARGET_OPSET),
+        spike_count_function(DOMAIN, TARGET_OPSET),
+        spike_train_function(DOMAIN, TARGET_OPSET),
+        serial_if_function(DOMAIN, TARGET_OPSET),
+    ]
 
 
-__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "PARALLEL_SPIKE", "function_library"]
+__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "PARALLEL_SPIKE", "SPIKE_COUNT", "SPIKE_TRAIN", "SERIAL_IF", "function_library"]

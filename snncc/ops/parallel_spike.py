@@ -18,45 +18,22 @@ import onnx.parser
 
 OP_TYPE = "ParallelSpike"
 
-# The closed form of the paper's firing condition: step x (1-based) fires iff
-#   T/(T-x+1)*m + (theta_pre/2 + T*psi)/(T-x+1) >= theta_pre  <=>  x >= T + 1 - k.
+# The body averages the T steps and delegates to SpikeCount (the closed form of the paper's firing
+# condition: step x fires iff x >= T + 1 - k) and SpikeTrain (spikes on the last k steps).
 _FUNCTION_TEXT = """
-<domain: "{domain}", opset_import: ["": {opset}]>
+<domain: "{domain}", opset_import: ["": {opset}, "{domain}": 1]>
 ParallelSpike <T> (X, theta_pre, theta_post, psi) => (Y)
 {{
   steps = Constant <value_int: int = @T> ()
   axis0 = Constant <value_ints: ints = [0]> ()
   steps_1d = Unsqueeze (steps, axis0)
   minus_one = Constant <value_ints: ints = [-1]> ()
-  x_shape = Shape (X)
   step_shape_tail = Shape <start: int = 1> (X)
   split_shape = Concat <axis: int = 0> (steps_1d, minus_one, step_shape_tail)
   x_by_step = Reshape (X, split_shape)
-  mean_current = ReduceMean <keepdims: int = 1> (x_by_step, axis0)
-  steps_f = CastLike (steps, X)
-  half_c = Constant <value_float: float = 0.5> ()
-  half = CastLike (half_c, X)
-  zero_c = Constant <value_float: float = 0.0> ()
-  zero = CastLike (zero_c, X)
-  shifted = Add (mean_current, psi)
-  drive = Mul (steps_f, shifted)
-  half_theta = Mul (theta_pre, half)
-  numerator = Add (drive, half_theta)
-  level = Div (numerator, theta_pre)
-  level_floor = Floor (level)
-  spike_count = Clip (level_floor, zero, steps_f)
-  zero_s = Constant <value_int: int = 0> ()
-  one_s = Constant <value_int: int = 1> ()
-  step_range = Range (zero_s, steps, one_s)
-  x_rank = Shape (x_shape)
-  ones = ConstantOfShape <value: tensor = int64[1] {{1}}> (x_rank)
-  index_shape = Concat <axis: int = 0> (steps_1d, ones)
-  step_index_i = Reshape (step_range, index_shape)
-  step_index = CastLike (step_index_i, X)
-  first_step = Sub (steps_f, spike_count)
-  fires = GreaterOrEqual (step_index, first_step)
-  y_by_step = Where (fires, theta_post, zero)
-  Y = Reshape (y_by_step, x_shape)
+  mean_current = ReduceMean <keepdims: int = 0> (x_by_step, axis0)
+  spike_count = {domain}.SpikeCount <T: int = @T> (mean_current, theta_pre, psi)
+  Y = {domain}.SpikeTrain <T: int = @T> (spike_count, theta_post)
 }}
 """
 

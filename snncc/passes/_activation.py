@@ -11,6 +11,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from snncc.passes._graph import CASE_KEY, source_of, tag
+
 INTERNAL_DOMAIN = "snncc.internal"
 OP_TYPE = "Activation"
 
@@ -84,3 +86,20 @@ def get_parameters(node: ir.Node) -> NeuronParameters | None:
         return None
     arrays = {k: np.asarray(node.attributes[k].as_floats(), dtype=np.float32) for k in _PARAM_KEYS}
     return NeuronParameters(case=node.attributes["case"].as_string(), **arrays)
+
+
+def broadcast_parameter(values: np.ndarray, rank: int) -> np.ndarray:
+    """[C] -> [C, 1, ..., 1] broadcasting against one step [B, C, ...] of rank `rank`; [1] stays [1]."""
+    if values.size == 1:
+        return values.reshape(1).astype(np.float32)
+    return values.reshape((-1,) + (1,) * max(rank - 2, 0)).astype(np.float32)
+
+
+def tag_neuron(neuron: ir.Node, activation: ir.Node, params: NeuronParameters, what: str, pass_name: str) -> None:
+    """Provenance, case and a one-line parameter summary on a node that implements `activation`."""
+    def span(a):
+        return f"{a.min():.4g}" if a.min() == a.max() else f"{a.min():.4g}..{a.max():.4g}"
+    doc = (f"{what} ({params.case}): theta_pre={span(params.theta_pre)} theta_post={span(params.theta_post)} "
+           f"psi={span(params.psi)} C={params.theta_pre.size}")
+    tag(neuron, pass_name, source_of(activation), doc=doc)
+    neuron.metadata_props[CASE_KEY] = params.case

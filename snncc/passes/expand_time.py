@@ -1,4 +1,5 @@
-"""Time expansion: activations become `snn.ParallelSpike` neurons on time-major tensors.
+"""Time expansion: activations become spiking neurons (`snn.ParallelSpike`, or the serial
+`snn.SerialIF` baseline) on time-major tensors.
 
 Invariant after the pass: no internal Activation node remains; every value downstream of a
 neuron and upstream of the read-out has batch T*B (time-major, step t owns rows t*B..(t+1)*B-1);
@@ -14,31 +15,24 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
 from snncc import ops
-from snncc.passes._activation import NeuronParameters, get_parameters, is_activation
+from snncc.passes._activation import broadcast_parameter, get_parameters, is_activation, tag_neuron
 from snncc.passes._dataflow import Region, analyse
-from snncc.passes._graph import CASE_KEY, NameGenerator, add_initializer, rank_of, replace_node, source_of, tag
+from snncc.passes._graph import NameGenerator, add_initializer, rank_of, replace_node, source_of, tag
 
 PASS_NAME = "expand_time"
 
 
-def _param_array(values: np.ndarray, rank: int) -> np.ndarray:
-    """[C] -> [C, 1, ..., 1] broadcasting against one step [B, C, ...]; [1] stays [1]."""
-    if values.size == 1:
-        return values.reshape(1).astype(np.float32)
-    return values.reshape((-1,) + (1,) * max(rank - 2, 0)).astype(np.float32)
-
-
-def _describe(params: NeuronParameters) -> str:
-    def span(a):
-        return f"{a.min():.4g}" if a.min() == a.max() else f"{a.min():.4g}..{a.max():.4g}"
-    return (f"parallel spiking neuron ({params.case}): theta_pre={span(params.theta_pre)} "
-            f"theta_post={span(params.theta_post)} psi={span(params.psi)} C={params.theta_pre.size}")
+NEURON_OPS = {"parallel": (ops.PARALLEL_SPIKE, "parallel spiking neuron"),
+              "if": (ops.SERIAL_IF, "serial integrate-and-fire neuron (baseline)")}
 
 
 class ExpandTimePass(ir.passes.InPlacePass):
-    def __init__(self, steps: int):
+    """`neuron` picks the neuron op: "parallel" (snn.ParallelSpike) or "if" (snn.SerialIF)."""
+
+    def __init__(self, steps: int, neuron: str = "parallel"):
         super().__init__()
         self.steps = steps
+        self.neuron_op, self.neuron_doc = NEURON_OPS[neuron]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         common_passes.ShapeInferencePass()(model)  # ranks size the parameters and Tile repeats
@@ -84,12 +78,11 @@ class ExpandTimePass(ir.passes.InPlacePass):
         if flow.of(x) is not Region.SPIKING:
             x = self._tile(x, node)
         base = node.name.replace("/", "_").strip("_") or "neuron"
-        inputs = [x] + [self._const(f"{base}.{key}", _param_array(getattr(params, key), rank))
+        inputs = [x] + [self._const(f"{base}.{key}", broadcast_parameter(getattr(params, key), rank))
                         for key in ("theta_pre", "theta_post", "psi")]
-        neuron = ir.node(ops.PARALLEL_SPIKE, inputs, attributes={"T": self.steps}, domain=ops.DOMAIN,
-                         name=self._names(node.name.replace("Activation", ops.PARALLEL_SPIKE)))
-        tag(neuron, PASS_NAME, source_of(node), doc=_describe(params))
-        neuron.metadata_props[CASE_KEY] = params.case
+        neuron = ir.node(self.neuron_op, inputs, attributes={"T": self.steps}, domain=ops.DOMAIN,
+                         name=self._names(node.name.replace("Activation", self.neuron_op)))
+        tag_neuron(neuron, node, params, self.neuron_doc, PASS_NAME)
         replace_node(self._graph, node, [neuron], [neuron.outputs[0]])
         flow.region[neuron.outputs[0]] = Region.SPIKING
 
