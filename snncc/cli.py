@@ -105,33 +105,32 @@ def inspect_command(model_path: Path):
 @main.command("eval")
 @click.argument("model_path", metavar="MODEL.snn.onnx", type=click.Path(path_type=Path))
 @click.option("--data", "data_spec", required=True, help="'fashion-mnist:test', 'mnist:test', or a .npz (x, y) / .npy file.")
+@click.option("--labels", "labels_spec", help="Labels (.npy, or .npz with array y) when --data has none.")
 @click.option("--ann", "ann_path", type=click.Path(path_type=Path), help="The ANN to compare with.")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @_user_errors
-def eval_command(model_path: Path, data_spec: str, ann_path: Path | None, batch_size: int):
-    """Accuracy of a model on labelled data, and its agreement with the ANN."""
+def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_path: Path | None,
+                 json_path: Path | None, batch_size: int):
+    """Accuracy, agreement with the ANN, firing rates, SOPs and energy of a compiled SNN."""
     from snncc.data import load_spec
-    from snncc.evaluate import agreement, check_input, predict, top_k_accuracy
+    from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels
     from snncc.modelio import load_model
-    from snncc.session import make_session, runtime_description
+    from snncc.report import write_atomic
 
+    snn = load_model(model_path)
     x, y = load_spec(data_spec)
-    sessions = {"SNN": make_session(load_model(model_path))}
-    if ann_path is not None:
-        sessions["ANN"] = make_session(load_model(ann_path), native=False)
-    for path, session in zip([model_path, ann_path], sessions.values()):
-        check_input(session, x, f"{path} with --data {data_spec}")
-    logits = {name: predict(s, x, batch_size, label=f"{name} on {len(x)} inputs") for name, s in sessions.items()}
-    click.echo(runtime_description())
-    for name, out in logits.items():
-        if y is not None:
-            click.echo(f"{name} accuracy: {100 * top_k_accuracy(out, y):.2f}% top-1, "
-                       f"{100 * top_k_accuracy(out, y, min(5, out.shape[1])):.2f}% top-5 ({len(x)} inputs)")
-    if "ANN" in logits:
-        agree = agreement(logits["SNN"], logits["ANN"])
-        click.echo(f"agreement with the ANN: argmax {100 * agree.argmax:.2f}%, "
-                   f"max |logit difference| {agree.max_abs_logit_diff:.3g}, "
-                   f"within 1e-4*max|logit| on {100 * agree.relative_close:.2f}% of inputs")
+    y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
+    if json_path is not None and not json_path.parent.is_dir():
+        raise SnnccError(f"{json_path}: the output folder {json_path.parent} does not exist")
+    evaluation = SnnEvaluation(snn, str(model_path), x, data_spec)
+    ann = load_model(ann_path) if ann_path is not None else None
+    reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
+    report = evaluation.run(y, reference, batch_size)
+    click.echo(report.format_text())
+    if json_path is not None:
+        write_atomic(json_path, report.to_json_text())
+        click.echo(f"wrote {json_path}")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,20 @@
-"""Running models over data sets: logits in batches, accuracy, agreement with the ANN."""
+"""Running models over data sets: logits in batches, accuracy, agreement with the ANN, and the
+full evaluation of a compiled SNN (`evaluate_snn`: accuracy, agreement, spike and SOP counts).
+
+Invariant: every problem with the user's model or data is an SnnccError raised before the long
+run starts (non-SNN model, data that does not fit the input, labels of the wrong length); labels
+outside the model's classes are caught as soon as the class count is known.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import click
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from snncc.errors import SnnccError
@@ -33,7 +42,7 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256,
 
 def progress(items, label: str):
     """Iterate over `items` with a progress bar on stderr."""
-    with click.progressbar(items, label=label, file=click.get_text_stream("stderr")) as bar:
+    with click.progressbar(items, label=label, file=sys.stderr) as bar:
         yield from bar
 
 
@@ -57,3 +66,148 @@ def agreement(snn: np.ndarray, ann: np.ndarray) -> Agreement:
         max_abs_logit_diff=float(diff.max()),
         relative_close=float(np.mean(diff <= 1e-4 * scale)),
     )
+
+
+def run_batches(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, label: str = "running"):
+    """Yield (batch size, every output of `session`) for consecutive batches of `x`, with a progress bar."""
+    name = session.get_inputs()[0].name
+    for start in progress(range(0, len(x), batch_size), label):
+        batch = np.ascontiguousarray(x[start:start + batch_size])
+        yield len(batch), session.run(None, {name: batch})
+
+
+def load_labels(spec: str, count: int) -> np.ndarray:
+    """Labels from a .npy file or the array `y` of a .npz file, checked against `count` inputs."""
+    path = Path(spec)
+    if not path.is_file():
+        raise SnnccError(f"labels file {spec} not found")
+    if path.suffix.lower() not in (".npy", ".npz"):
+        raise SnnccError(f"labels file {spec}: expected a .npy file or a .npz file with array 'y'")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise SnnccError(f"cannot read labels file {spec}: {error}") from None
+    if path.suffix.lower() == ".npz":
+        with loaded:
+            if "y" not in loaded.files:
+                raise SnnccError(f"labels file {spec} has no array 'y' (found: {', '.join(loaded.files) or 'none'})")
+            loaded = loaded["y"]
+    return check_labels(np.asarray(loaded), count, spec)
+
+
+def check_labels(y: np.ndarray, count: int, source: str) -> np.ndarray:
+    """`y` as int64 [count], or SnnccError saying what is wrong with it."""
+    if y.ndim != 1:
+        raise SnnccError(f"labels {source}: shape {list(y.shape)}, expected one class index per input [{count}]")
+    if len(y) != count:
+        raise SnnccError(f"labels {source}: {len(y)} labels for {count} inputs")
+    if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
+        raise SnnccError(f"labels {source}: dtype {y.dtype}, expected integer class indices")
+    return y.astype(np.int64)
+
+
+def _check_label_range(y: np.ndarray, classes: int, source: str) -> None:
+    if len(y) and (y.min() < 0 or y.max() >= classes):
+        raise SnnccError(f"labels {source}: values {int(y.min())}..{int(y.max())} outside the model's {classes} classes")
+
+
+def _accuracy(logits: np.ndarray, y: np.ndarray):
+    from snncc.report import Accuracy
+
+    k5 = min(5, logits.shape[1])
+    return Accuracy(top_k_accuracy(logits, y), top_k_accuracy(logits, y, k5), k5)
+
+
+@dataclasses.dataclass
+class Reference:
+    """The ANN's results on the evaluation data, computed once (e.g. for every row of a sweep)."""
+
+    model: str
+    logits: np.ndarray
+    macs: float  # per sample
+    accuracy: object | None = None  # report.Accuracy when labels are known
+
+
+def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str,
+                 batch_size: int = 256) -> Reference:
+    """The ANN's logits, accuracy and MACs per sample (Conv/Gemm/MatMul, counted in its graph)."""
+    from snncc import spikes
+    from snncc.session import make_session
+
+    probe = spikes.build_probe(model)
+    session = make_session(probe.model, native=False)
+    check_input(session, x, source)
+    counts = spikes.start_counts(probe)
+    logits = []
+    for batch, outputs in run_batches(session, x, batch_size, f"ANN on {len(x)} inputs"):
+        logits.append(outputs[0])
+        spikes.accumulate(counts, probe, outputs, batch)
+    out = np.concatenate(logits)
+    if y is not None:
+        _check_label_range(y, out.shape[1], source)
+    macs = counts.macs / counts.samples if counts.samples else 0.0
+    return Reference(source, out, macs, _accuracy(out, y) if y is not None else None)
+
+
+def require_snn(model: onnx.ModelProto, source: str) -> None:
+    from snncc import spikes
+
+    if not spikes.neuron_nodes(model):
+        raise SnnccError(f"{source}: not a spiking model (no snn.ParallelSpike, SerialIF or SpikeCount node); "
+                         f"compile it first: snncc compile {source} --T 4")
+
+
+class SnnEvaluation:
+    """A compiled SNN ready to run: probes built, session made, data checked (all before any long run)."""
+
+    def __init__(self, model: onnx.ModelProto, source: str, x: np.ndarray, data: str, native: bool | None = None):
+        from snncc import spikes
+        from snncc.session import make_session
+
+        require_snn(model, source)
+        self.model, self.source, self.x, self.data = model, source, x, data
+        self.probe = spikes.build_probe(model)
+        self.session = make_session(self.probe.model, native=native)
+        check_input(self.session, x, f"{source} with --data {data}")
+
+    def run(self, y: np.ndarray | None = None, reference: Reference | None = None, batch_size: int = 256,
+            label: str | None = None):
+        """Accuracy (with labels), agreement with `reference`, spike, SOP and MAC counts: a report.EvalReport."""
+        from snncc import spikes
+        from snncc.report import EvalReport
+        from snncc.session import runtime_description
+
+        x = self.x
+        if reference is not None and len(reference.logits) != len(x):
+            raise AssertionError("reference logits were computed on other data")
+        counts = spikes.start_counts(self.probe)
+        logits = []
+        for batch, outputs in run_batches(self.session, x, batch_size, label or f"SNN on {len(x)} inputs"):
+            logits.append(outputs[0])
+            spikes.accumulate(counts, self.probe, outputs, batch)
+        out = np.concatenate(logits)
+        report = EvalReport(model=self.source, data=self.data, samples=len(x),
+                            metadata={p.key: p.value for p in self.model.metadata_props},
+                            runtime=runtime_description(), counts=counts, logits=out)
+        if y is not None:
+            _check_label_range(y, out.shape[1], self.data)
+            report.accuracy = _accuracy(out, y)
+        else:
+            report.notes.append("no labels (no array y in --data, no --labels): top-1/top-5 omitted")
+        if reference is not None:
+            if reference.logits.shape != out.shape:
+                raise SnnccError(f"{self.source} outputs {list(out.shape[1:])} per input but the ANN {reference.model} "
+                                 f"outputs {list(reference.logits.shape[1:])}: not the same network")
+            report.ann, report.ann_accuracy, report.ann_macs = reference.model, reference.accuracy, reference.macs
+            report.agreement = agreement(out, reference.logits)
+        stopped = self.probe.stopped
+        if stopped:
+            report.notes.append("events not followed past: " + ", ".join(stopped[:5])
+                                + (f" and {len(stopped) - 5} more" if len(stopped) > 5 else ""))
+        return report
+
+
+def evaluate_snn(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str, data: str,
+                 reference: Reference | None = None, batch_size: int = 256, label: str | None = None):
+    """SnnEvaluation(...).run(...) in one call."""
+    return SnnEvaluation(model, source, x, data).run(y, reference, batch_size, label)
