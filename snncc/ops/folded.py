@@ -11,10 +11,9 @@ T-mean is m (the same closed form, docs/ops.md); SpikeTrain(SpikeCount(m)) equal
 
 from __future__ import annotations
 
-import functools
-
 import onnx
-import onnx.parser
+
+from snncc.ops._text import function_from_text
 
 SPIKE_COUNT = "SpikeCount"
 SPIKE_TRAIN = "SpikeTrain"
@@ -69,26 +68,13 @@ SpikeTrain <T> (K, theta_post) => (Y)
 """
 
 
-@functools.cache
-def _bytes(text: str, domain: str, opset: int, doc: str) -> bytes:
-    function = onnx.parser.parse_function(text.format(domain=domain, opset=opset))
-    function.doc_string = doc
-    return function.SerializeToString()
-
-
-def _function(text: str, domain: str, opset: int, doc: str) -> onnx.FunctionProto:
-    function = onnx.FunctionProto()
-    function.ParseFromString(_bytes(text, domain, opset, doc))
-    return function
-
-
 def spike_count_function(domain: str, opset: int) -> onnx.FunctionProto:
-    return _function(_SPIKE_COUNT_TEXT, domain, opset,
-                     "Spike count of a parallel spiking neuron from its mean current M [B, ...]: "
-                     "k = clip(floor((T*(M + psi) + theta_pre/2) / theta_pre), 0, T). See docs/ops.md.")
+    return function_from_text(_SPIKE_COUNT_TEXT.format(domain=domain, opset=opset),
+                              "Spike count of a parallel spiking neuron from its mean current M [B, ...]: "
+                              "k = clip(floor((T*(M + psi) + theta_pre/2) / theta_pre), 0, T). See docs/ops.md.")
 
 
 def spike_train_function(domain: str, opset: int) -> onnx.FunctionProto:
-    return _function(_SPIKE_TRAIN_TEXT, domain, opset,
-                     "Sorted spike train [T*B, ...] (time-major) from spike counts K [B, ...]: value "
-                     "theta_post on the last K steps, 0 elsewhere. See docs/ops.md.")
+    return function_from_text(_SPIKE_TRAIN_TEXT.format(domain=domain, opset=opset),
+                              "Sorted spike train [T*B, ...] (time-major) from spike counts K [B, ...]: value "
+                              "theta_post on the last K steps, 0 elsewhere. See docs/ops.md.")

@@ -11,10 +11,9 @@ output's T-mean equals DA-QCFS(m; theta_pre, theta_post - theta_pre, psi, T) (pa
 
 from __future__ import annotations
 
-import functools
-
 import onnx
-import onnx.parser
+
+from snncc.ops._text import function_from_text
 
 OP_TYPE = "ParallelSpike"
 
@@ -38,22 +37,15 @@ ParallelSpike <T> (X, theta_pre, theta_post, psi) => (Y)
 """
 
 
-@functools.cache
-def _function_bytes(domain: str, opset: int) -> bytes:
-    text = _FUNCTION_TEXT.format(domain=domain, opset=opset)
-    function = onnx.parser.parse_function(text)
-    function.doc_string = (
-        "Parallel spiking neuron (snncc). X: input currents [T*B, ...] time-major; "
-        "theta_pre, theta_post, psi: per-channel parameters shaped to broadcast against one "
-        "step [B, C, ...] (e.g. [C,1,1]). Fires k = clip(floor((T*(mean_t X + psi) + "
-        "theta_pre/2)/theta_pre), 0, T) spikes of value theta_post on the last k steps. "
-        "See docs/ops.md."
-    )
-    return function.SerializeToString()
+_DOC = (
+    "Parallel spiking neuron (snncc). X: input currents [T*B, ...] time-major; "
+    "theta_pre, theta_post, psi: per-channel parameters shaped to broadcast against one "
+    "step [B, C, ...] (e.g. [C,1,1]). Fires k = clip(floor((T*(mean_t X + psi) + "
+    "theta_pre/2)/theta_pre), 0, T) spikes of value theta_post on the last k steps. "
+    "See docs/ops.md."
+)
 
 
 def parallel_spike_function(domain: str, opset: int) -> onnx.FunctionProto:
     """The function body of ParallelSpike for the given domain and standard opset."""
-    function = onnx.FunctionProto()
-    function.ParseFromString(_function_bytes(domain, opset))
-    return function
+    return function_from_text(_FUNCTION_TEXT.format(domain=domain, opset=opset), _DOC)

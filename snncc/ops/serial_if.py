@@ -8,10 +8,9 @@ otherwise its count depends on the order of the inputs (the serial conversion er
 
 from __future__ import annotations
 
-import functools
-
 import onnx
-import onnx.parser
+
+from snncc.ops._text import function_from_text
 
 OP_TYPE = "SerialIF"
 
@@ -49,27 +48,20 @@ _STEP_TEXT = """integrate_and_fire (float[1] membrane, float[1] current) => (flo
   }"""
 
 
-def _unshaped(values) -> None:
+def _unshape_step_graph(function: onnx.FunctionProto) -> None:
     """The text format cannot say "any shape": clear the placeholder shapes of the step graph."""
-    for value in values:
+    scan = next(node for node in function.node if node.op_type == "Scan")
+    body = next(a.g for a in scan.attribute if a.name == "body")
+    for value in [*body.input, *body.output]:
         value.type.tensor_type.ClearField("shape")
 
 
-@functools.cache
-def _function_bytes(domain: str, opset: int) -> bytes:
-    function = onnx.parser.parse_function(_FUNCTION_TEXT.format(domain=domain, opset=opset, body=_STEP_TEXT))
-    scan = next(node for node in function.node if node.op_type == "Scan")
-    body = scan.attribute[[a.name for a in scan.attribute].index("body")].g
-    _unshaped(body.input)
-    _unshaped(body.output)
-    function.doc_string = (
-        "Integrate-and-fire neuron run step by step over T (soft reset, membrane starts at theta_pre/2). "
-        "X: input currents [T*B, ...] time-major, float32; parameters as for ParallelSpike. See docs/ops.md."
-    )
-    return function.SerializeToString()
+_DOC = (
+    "Integrate-and-fire neuron run step by step over T (soft reset, membrane starts at theta_pre/2). "
+    "X: input currents [T*B, ...] time-major, float32; parameters as for ParallelSpike. See docs/ops.md."
+)
 
 
 def serial_if_function(domain: str, opset: int) -> onnx.FunctionProto:
-    function = onnx.FunctionProto()
-    function.ParseFromString(_function_bytes(domain, opset))
-    return function
+    text = _FUNCTION_TEXT.format(domain=domain, opset=opset, body=_STEP_TEXT)
+    return function_from_text(text, _DOC, _unshape_step_graph)

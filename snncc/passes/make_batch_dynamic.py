@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 
-from snncc.passes._graph import const_array
+from snncc.passes._graph import NameGenerator, add_initializer, const_array
 
 BATCH = "N"
 
@@ -34,9 +34,10 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
         static = _static_batch(graph.inputs)
         modified = False
         if static:
+            names = NameGenerator(graph)
             for node in graph:
                 if node.op_type == "Reshape" and node.domain == "":
-                    modified |= _copy_batch_in_reshape(graph, node, static)
+                    modified |= _copy_batch_in_reshape(graph, names, node, static)
         for value in [*graph.inputs, *graph.outputs]:
             modified |= _with_symbolic_batch(value)
         if modified and static:
@@ -48,7 +49,7 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=modified)
 
 
-def _copy_batch_in_reshape(graph: ir.Graph, node: ir.Node, static: set[int]) -> bool:
+def _copy_batch_in_reshape(graph: ir.Graph, names: NameGenerator, node: ir.Node, static: set[int]) -> bool:
     target = const_array(node.inputs[1])
     if target is None or target.ndim != 1 or not len(target) or int(target[0]) not in static:
         return False
@@ -56,8 +57,5 @@ def _copy_batch_in_reshape(graph: ir.Graph, node: ir.Node, static: set[int]) -> 
         return False
     fixed = target.copy()
     fixed[0] = 0
-    name = f"{node.inputs[1].name}_dynamic_batch"
-    value = ir.Value(name=name, const_value=ir.tensor(fixed.astype(np.int64), name=name))
-    graph.register_initializer(value)
-    node.replace_input_with(1, value)
+    node.replace_input_with(1, add_initializer(graph, names, f"{node.inputs[1].name}_dynamic_batch", fixed.astype(np.int64)))
     return True
