@@ -133,5 +133,55 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
         click.echo(f"wrote {json_path}")
 
 
+@main.command("sweep")
+@click.argument("model_path", metavar="ANN.onnx", type=click.Path(path_type=Path))
+@click.option("--T", "steps_text", default="2,4,8,16,32,64", show_default=True, help="Comma-separated time-steps.")
+@click.option("--data", "data_spec", required=True, help="'fashion-mnist:test', 'mnist:test', or a .npz (x, y) / .npy file.")
+@click.option("--labels", "labels_spec", help="Labels (.npy, or .npz with array y) when --data has none.")
+@click.option("--calib", "calib_spec", help="Calibration data (needed for ReLU models and for QCFS + DA-QCFS at T ≠ T̃).")
+@click.option("--calib-samples", type=int, help="Use the first N calibration samples.")
+@click.option("--preprocess", help="For calibration image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
+@click.option("--variants", "variants_text", help="Comma-separated subset of: qcfs, qcfs+cal, relu-thr, relu+cal (default: all that apply).")
+@click.option("-o", "--output", "prefix", type=click.Path(path_type=Path),
+              help="Output prefix: writes PREFIX.csv, PREFIX.json, PREFIX.png (default ./<model>.sweep).")
+@click.option("--fold-time", is_flag=True, help="Evaluate folded graphs (same outputs, synaptic layers run once).")
+@click.option("--plot/--no-plot", default=True, show_default=True, help="Write PREFIX.png (needs matplotlib: snncc[plot]).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@_user_errors
+def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec: str | None, calib_spec: str | None,
+                  calib_samples: int | None, preprocess: str | None, variants_text: str | None, prefix: Path | None,
+                  fold_time: bool, plot: bool, batch_size: int):
+    """Compile ANN.onnx at several T (with and without calibration) and evaluate each SNN."""
+    from snncc.calibration.dataset import load_calibration_data
+    from snncc.data import load_spec
+    from snncc.evaluate import check_labels, load_labels
+    from snncc.modelio import load_model, model_input_shape
+    from snncc.sweep import have_matplotlib, model_info, parse_steps, run_sweep, select_variants, write_outputs
+
+    steps = parse_steps(steps_text)
+    model = load_model(model_path)
+    prefix = prefix or Path(f"{model_path.name.removesuffix('.onnx')}.sweep")
+    if not prefix.parent.is_dir():
+        raise SnnccError(f"{prefix}: the output folder {prefix.parent} does not exist")
+    variants = [v.strip() for v in variants_text.split(",") if v.strip()] if variants_text else None
+    select_variants(model_info(model, str(model_path)), variants, calib_spec is not None)  # fail before any work
+    x, y = load_spec(data_spec)
+    y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
+    calibration = None
+    if calib_spec is not None:
+        calibration = load_calibration_data(calib_spec, model_input_shape(model, str(model_path)), calib_samples, preprocess)
+    if plot and not have_matplotlib():
+        click.echo("note: matplotlib is not installed (pip install 'snncc[plot]'): no plot", err=True)
+        plot = False
+    import onnxruntime
+
+    onnxruntime.set_default_logger_severity(3)  # calibration sessions warn about every unused initializer
+    result = run_sweep(model, str(model_path), steps, x, y, data_spec, calibration, variants, batch_size, fold_time,
+                       echo=lambda line: click.echo(line, err=True))
+    click.echo(result.format_table())
+    for path in write_outputs(result, prefix, plot):
+        click.echo(f"wrote {path}")
+
+
 if __name__ == "__main__":
     main()

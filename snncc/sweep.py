@@ -14,7 +14,7 @@ Extension point: `VARIANTS` is the list of columns. Another column is one more `
 to `register_variant`, e.g. the serial-IF baseline::
 
     register_variant(Variant("qcfs-if", "QCFS, serial IF", lambda info, T, calib: info.kind == "qcfs",
-                             lambda T, info: {"neuron": "if"}))
+                             lambda T, info: {"neuron": "if", "fold_time": False}))
 
 Invariant: every (T, variant) row is evaluated on the same inputs as the ANN, and the files hold
 exactly the rows of the printed table.
@@ -264,8 +264,8 @@ def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarr
                 continue
             if variant.needs_calibration and calibration is None:
                 continue
-            fields = variant.options(T, info)
-            options = CompileOptions(steps=T, source=source, fold_time=fold_time, **fields,
+            fields = {"fold_time": fold_time, **variant.options(T, info)}  # a variant may override folding
+            options = CompileOptions(steps=T, source=source, **fields,
                                      calibration_data=calibration if variant.needs_calibration else None)
             started = time.perf_counter()
             compiled = compile_model(model, options).model
