@@ -183,5 +183,21 @@ def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec
         click.echo(f"wrote {path}")
 
 
+@main.command("view")
+@click.argument("model_path", metavar="FILE.onnx", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to serve on (keep it local).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Port (default: 8080 or a free one; 0: any free port).")
+@click.option("--browse/--no-browse", default=True, show_default=True, help="Open the page in a web browser.")
+@_user_errors
+def view_command(model_path: Path, host: str, port: int | None, browse: bool):
+    """Show FILE.onnx (an ANN or a compiled SNN) in Netron on localhost."""
+    from snncc.view import serve, wait
+
+    url = serve(model_path, host, port, browse)
+    click.echo(f"serving {model_path} in Netron at {url} (Ctrl-C to stop)")
+    sys.stdout.flush()
+    wait()
+
+
 if __name__ == "__main__":
     main()

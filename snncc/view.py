@@ -1,0 +1,45 @@
+"""`snncc view`: show an ONNX model (ANN or compiled SNN) in Netron, served on localhost.
+
+Netron (the `netron` PyPI package, extra `snncc[view]`) serves its web app and the model file
+from a local HTTP server; a browser renders the graph. `snn.ParallelSpike` and the other `snn` ops
+are model-local functions, so Netron shows them as nodes whose body can be opened.
+
+Invariant: `serve` validates the file as an ONNX model before serving it, and every failure
+(netron missing, unreadable model, port taken) is an SnnccError.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from snncc.errors import SnnccError
+
+
+def _netron():
+    try:
+        import netron
+    except ImportError:
+        raise SnnccError("netron is not installed: pip install 'snncc[view]' (or pip install netron)") from None
+    return netron
+
+
+def serve(path: Path, host: str = "127.0.0.1", port: int | None = None, browse: bool = True) -> str:
+    """Start serving `path` in Netron (in a background thread); returns the URL."""
+    from snncc.modelio import load_model
+
+    netron = _netron()
+    load_model(path)  # one clear error for a missing or invalid file, before the server starts
+    logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
+    try:
+        address = netron.start(str(path), address=(host, port), browse=browse)
+    except OSError as error:
+        raise SnnccError(f"cannot serve on {host}:{port}: {error.strerror or error}") from None
+    except ValueError as error:
+        raise SnnccError(f"cannot serve on {host}:{port}: {error}") from None
+    return f"http://{address[0]}:{address[1]}"
+
+
+def wait() -> None:
+    """Block until Ctrl-C (or the process is told to stop), then stop the server."""
+    _netron().wait()
