@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <type_traits>
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -63,17 +64,46 @@ void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool strea
   std::copy(src + j, src + n, dst + j);
 }
 
+/// Per-thread working arrays of one chunk (too large for every thread's stack).
 template <typename S>
-void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, const Geometry& g,
-           Algorithm algorithm, int64_t first, int64_t n) {
+struct Scratch {
   using F = CpuMath<S>;
-  alignas(64) F drive_of[kCpuChunk];
+  alignas(64) F drive[kCpuChunk];  // first the sum of the currents, then the drive
   alignas(64) F theta_pre[kCpuChunk];
-  alignas(64) S theta_post[kCpuChunk];
-  alignas(64) S out[kCpuChunk];  // one output row, built in cache and then stored
   alignas(64) F psi[kCpuChunk];
   alignas(64) F first_step[kCpuChunk];  // 0-based first firing step, T when silent
   alignas(64) int count[kCpuChunk];
+  alignas(64) S theta_post[kCpuChunk];
+  alignas(64) S out[kCpuChunk];  // one output row, built in cache and then stored
+};
+
+/// sum[j] = x[j] + x[stride + j] + ... + x[(steps-1)*stride + j], added in step order; four
+/// rows per pass keep the partial sum in a register without changing the order.
+template <typename S, typename F>
+void sum_steps(const S* __restrict x, int64_t stride, int steps, int64_t n, F* __restrict sum) {
+  for (int64_t j = 0; j < n; ++j) sum[j] = static_cast<F>(x[j]);
+  int t = 1;
+  for (; t + 4 <= steps; t += 4) {
+    const S* r = x + t * stride;
+    for (int64_t j = 0; j < n; ++j) {
+      F acc = sum[j];
+      acc += static_cast<F>(r[j]);
+      acc += static_cast<F>(r[stride + j]);
+      acc += static_cast<F>(r[2 * stride + j]);
+      acc += static_cast<F>(r[3 * stride + j]);
+      sum[j] = acc;
+    }
+  }
+  for (; t < steps; ++t) {
+    const S* r = x + t * stride;
+    for (int64_t j = 0; j < n; ++j) sum[j] += static_cast<F>(r[j]);
+  }
+}
+
+template <typename S>
+void chunk(const S* x, const Params<S>& params, S* y, const Geometry& g, Algorithm algorithm, int64_t first,
+           int64_t n, Scratch<S>& w) {
+  using F = CpuMath<S>;
   const int steps = static_cast<int>(g.steps);
   const F steps_f = static_cast<F>(steps);
   const int64_t stride = g.neurons;
@@ -81,42 +111,43 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
   x += first;
   y += first;
 
-  F* sum = drive_of;  // the sum becomes the drive in place
-  for (int64_t j = 0; j < n; ++j) sum[j] = static_cast<F>(x[j]);
-  for (int t = 1; t < steps; ++t) {
-    const S* row = x + t * stride;
-    for (int64_t j = 0; j < n; ++j) sum[j] += static_cast<F>(row[j]);
-  }
-  gather(params.theta_pre, params.theta_pre_stride, g, first, n, theta_pre);
-  gather(params.theta_post, params.theta_post_stride, g, first, n, theta_post);
-  gather(params.psi, params.psi_stride, g, first, n, psi);
-  for (int64_t j = 0; j < n; ++j) drive_of[j] = drive(sum[j] / steps_f, theta_pre[j], psi[j], steps_f);
+  sum_steps(x, stride, steps, n, w.drive);
+  gather(params.theta_pre, params.theta_pre_stride, g, first, n, w.theta_pre);
+  gather(params.theta_post, params.theta_post_stride, g, first, n, w.theta_post);
+  gather(params.psi, params.psi_stride, g, first, n, w.psi);
+  for (int64_t j = 0; j < n; ++j) w.drive[j] = drive(w.drive[j] / steps_f, w.theta_pre[j], w.psi[j], steps_f);
 
   if (algorithm == Algorithm::kDense) {
     for (int t = 0; t < steps; ++t) {
       const int remaining = steps - t;
-      for (int64_t j = 0; j < n; ++j) out[j] = fires(drive_of[j], theta_pre[j], remaining) ? theta_post[j] : S(0);
-      store_row(y + t * stride, out, n, stream);
+      for (int64_t j = 0; j < n; ++j) {
+        const S spike = w.theta_post[j];  // loaded unconditionally, so the select vectorises
+        w.out[j] = fires(w.drive[j], w.theta_pre[j], remaining) ? spike : S(0);
+      }
+      store_row(y + t * stride, w.out, n, stream);
     }
     return;
   }
   if (algorithm == Algorithm::kBinary) {
     // count_binary, interleaved over the chunk: the same strides for every neuron.
-    std::fill(count, count + n, 0);
+    std::fill(w.count, w.count + n, 0);
     for (int s = top_stride(steps); s > 0; s >>= 1) {
       for (int64_t j = 0; j < n; ++j) {
-        const int candidate = count[j] + s;  // bitwise &: no branch, so the loop vectorises
-        count[j] += (candidate <= steps) & fires(drive_of[j], theta_pre[j], candidate) ? s : 0;
+        const int candidate = w.count[j] + s;  // bitwise &: no branch, so the loop vectorises
+        w.count[j] += (candidate <= steps) & fires(w.drive[j], w.theta_pre[j], candidate) ? s : 0;
       }
     }
   } else {
-    for (int64_t j = 0; j < n; ++j) count[j] = count_closed(drive_of[j], theta_pre[j], steps);
+    for (int64_t j = 0; j < n; ++j) w.count[j] = count_closed(w.drive[j], w.theta_pre[j], steps);
   }
-  for (int64_t j = 0; j < n; ++j) first_step[j] = static_cast<F>(steps - count[j]);
+  for (int64_t j = 0; j < n; ++j) w.first_step[j] = static_cast<F>(steps - w.count[j]);
   for (int t = 0; t < steps; ++t) {
     const F t_f = static_cast<F>(t);
-    for (int64_t j = 0; j < n; ++j) out[j] = t_f >= first_step[j] ? theta_post[j] : S(0);
-    store_row(y + t * stride, out, n, stream);
+    for (int64_t j = 0; j < n; ++j) {
+      const S spike = w.theta_post[j];
+      w.out[j] = t_f >= w.first_step[j] ? spike : S(0);
+    }
+    store_row(y + t * stride, w.out, n, stream);
   }
 }
 
@@ -125,8 +156,9 @@ void chunk(const S* __restrict x, const Params<S>& params, S* __restrict y, cons
 template <typename S>
 void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometry& geometry,
                         Algorithm algorithm, int64_t begin, int64_t end) {
+  thread_local const std::unique_ptr<Scratch<S>> scratch = std::make_unique<Scratch<S>>();
   for (int64_t first = begin; first < end; first += kCpuChunk) {
-    chunk(x, params, y, geometry, algorithm, first, std::min(kCpuChunk, end - first));
+    chunk(x, params, y, geometry, algorithm, first, std::min(kCpuChunk, end - first), *scratch);
   }
 #if defined(__SSE2__)
   _mm_sfence();  // order the non-temporal stores before the caller signals completion
