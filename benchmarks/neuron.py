@@ -1,0 +1,226 @@
+"""Throughput of one snn.ParallelSpike layer on the CPU: native kernels vs the ONNX function vs a copy.
+
+Every method reads the T·N input currents and writes the T·N output values (N neurons per step,
+float32), so all are reported as GB/s of those 2·T·N·4 bytes, and as a ratio to a plain memory
+copy of the same bytes: numpy.copyto into a preallocated array, split into one contiguous slice
+per thread and run on a thread pool of the same size as ONNX Runtime's (numpy releases the GIL).
+The op runs through ONNX Runtime with I/O binding to preallocated arrays (no allocation is timed):
+  function  the model-local ONNX function (no native library registered)
+  dense     native, every step compared (SNNCC_NEURON_ALGO=dense)
+  binary    native, binary search for the first firing step (the default)
+  closed    native, closed-form spike count
+Where T·N would exceed the memory cap, N is scaled down for that T; the table says so.
+
+    python benchmarks/neuron.py [--neurons 16777216] [--steps 4 8 ...] [--threads 2]
+                                [--json out.json] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import onnxruntime as ort
+
+from snncc.ops import DOMAIN, TARGET_OPSET, function_library
+from snncc.session import native_library_path
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "performance.md"
+SECTION = "## Neuron kernel"
+METHODS = ["copy", "function", "dense", "binary", "closed"]
+CHANNELS = 64
+# Peak bytes per element of the [T*N] tensor: X and Y (4 + 4) plus the function's full-size
+# temporaries (a float32 Where and a bool comparison).
+BYTES_PER_ELEMENT_PEAK = 13
+
+
+def layer_model(steps: int, channels: int) -> onnx.ModelProto:
+    """One ParallelSpike on X [T*N/C, C] with per-channel parameters."""
+    rng = np.random.default_rng(0)
+    params = {
+        "theta_pre": rng.uniform(0.5, 1.5, channels),
+        "theta_post": rng.uniform(0.5, 1.5, channels),
+        "psi": rng.uniform(-0.1, 0.1, channels),
+    }
+    node = oh.make_node("ParallelSpike", ["X", *params], ["Y"], domain=DOMAIN, T=steps)
+    graph = oh.make_graph(
+        [node],
+        "neuron",
+        [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, ["rows", channels])],
+        [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, ["rows", channels])],
+        initializer=[onh.from_array(v.astype(np.float32), k) for k, v in params.items()],
+    )
+    opsets = [oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)]
+    return oh.make_model(graph, opset_imports=opsets, functions=function_library())
+
+
+def best_seconds(runners: dict, repeats: int) -> dict[str, float]:
+    """Best of `repeats` timed runs per method; the methods take turns, so that a burst of load
+    from elsewhere on the machine does not hit one method only."""
+    for fn in runners.values():
+        fn()  # warm-up: first-touch page faults, thread pool start
+    best = dict.fromkeys(runners, float("inf"))
+    for _ in range(repeats):
+        for name, fn in runners.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def op_runner(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, *, native: bool, algorithm: str, threads: int):
+    """A zero-argument callable running the op on x into y via I/O binding."""
+    os.environ["SNNCC_NEURON_ALGO"] = algorithm  # read by the kernel when the session creates it
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle pool threads sleep instead of spinning, so that other load on the machine (or the
+    # copy's thread pool) does not compete with spinning threads.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if native:
+        options.register_custom_ops_library(str(native_library_path()))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    binding = session.io_binding()
+    binding.bind_cpu_input("X", x)
+    binding.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
+    return lambda: session.run_with_iobinding(binding)
+
+
+def copy_runner(x: np.ndarray, y: np.ndarray, pool: concurrent.futures.ThreadPoolExecutor, threads: int):
+    src, dst = x.reshape(-1), y.reshape(-1)
+    bounds = np.linspace(0, src.size, threads + 1).astype(np.int64)
+    slices = [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+    return lambda: list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
+
+
+def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
+    rows = neurons // CHANNELS
+    x = np.random.default_rng(steps).random((steps * rows, CHANNELS), dtype=np.float32) * 3 - 0.5
+    y = np.empty_like(x)
+    model = layer_model(steps, CHANNELS)
+    runners = {
+        "copy": copy_runner(x, y, pool, threads),
+        "function": op_runner(model, x, y, native=False, algorithm="binary", threads=threads),
+        **{a: op_runner(model, x, y, native=True, algorithm=a, threads=threads) for a in ("dense", "binary", "closed")},
+    }
+    seconds = best_seconds(runners, repeats)
+    print(f"  T={steps}, N={rows * CHANNELS}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()),
+          file=sys.stderr)
+    moved = 2 * x.nbytes
+    return {
+        "T": steps,
+        "neurons": rows * CHANNELS,
+        "bytes_moved": moved,
+        "seconds": seconds,
+        "gb_per_s": {k: moved / v / 1e9 for k, v in seconds.items()},
+        "ratio_to_copy": {k: seconds["copy"] / v for k, v in seconds.items()},
+        "speedup_vs_function": {k: seconds["function"] / v for k, v in seconds.items()},
+    }
+
+
+def machine() -> dict:
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": model, "logical_cpus": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+            "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    lines = [
+        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
+        f"{m['onnxruntime']}, numpy {m['numpy']}. {report['threads']} threads for every method "
+        f"(ORT intra-op threads, not spinning; copy: numpy.copyto on a thread pool of that size). float32, per-channel "
+        f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written (2·T·N·4); "
+        "in brackets the ratio to the copy.",
+        "",
+        "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary vs function |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        g, q = r["gb_per_s"], r["ratio_to_copy"]
+        scaled = "" if r["neurons"] >= report["neurons"] else " (scaled down: memory cap)"
+        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in ("function", "dense", "binary", "closed")]
+        lines.append(f"| {r['T']} | {r['neurons']:,}{scaled} | {r['bytes_moved'] / 1e6:,.0f} | {g['copy']:.2f} | "
+                     + " | ".join(cells) + f" | {r['speedup_vs_function']['binary']:.1f}× |")
+    return "\n".join(lines + ["", goals(report)]) + "\n"
+
+
+def goals(report: dict) -> str:
+    """The issue's targets at T >= 16 for the default (binary) kernel, checked on this run."""
+    rows = [r for r in report["results"] if r["T"] >= 16]
+    if not rows:
+        return "Goals (T ≥ 16): not measured."
+    copy_ok = [r["T"] for r in rows if r["ratio_to_copy"]["binary"] >= 0.5]
+    fast_ok = [r["T"] for r in rows if r["speedup_vs_function"]["binary"] >= 3]
+    def verdict(ok: list[int]) -> str:
+        missed = [r["T"] for r in rows if r["T"] not in ok]
+        return "met at every T" if not missed else f"missed at T = {', '.join(map(str, missed))}"
+    return (f"Goals at T ≥ 16 for the default (binary) kernel: ≥ 0.5× the copy's bandwidth: {verdict(copy_ok)}; "
+            f"≥ 3× faster than the function: {verdict(fast_ok)}.")
+
+
+def write_docs_section(table: str) -> None:
+    """Replaces (or appends) the "Neuron kernel" section of docs/performance.md, nothing else."""
+    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
+    body = (f"{SECTION}\n\nOne `snn.ParallelSpike` layer on the CPU, measured by `benchmarks/neuron.py` "
+            "(see its docstring for the methods).\n\n" + table)
+    if SECTION in text:
+        start = text.index(SECTION)
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[end:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--neurons", type=int, default=16 * 2**20, help="neurons per step N (default 16M)")
+    parser.add_argument("--quick", action="store_true", help="1M neurons, 3 repeats: a smoke run")
+    parser.add_argument("--steps", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128])
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory-cap-gb", type=float, default=None,
+                        help="peak memory allowed (default: half the physical memory)")
+    parser.add_argument("--json", type=Path, help="write the JSON report here (else to stdout)")
+    parser.add_argument("--write-docs", action="store_true", help="update docs/performance.md, section Neuron kernel")
+    args = parser.parse_args()
+    if args.quick:
+        args.neurons, args.repeats = 2**20, 3
+    if native_library_path() is None:
+        sys.exit("native library not found: run `make native` first")
+
+    info = machine()
+    cap = args.memory_cap_gb * 1e9 if args.memory_cap_gb else info["memory_gib"] * 2**30 / 2
+    report = {"machine": info, "threads": args.threads, "repeats": args.repeats, "neurons": args.neurons,
+              "memory_cap_bytes": int(cap), "results": []}
+    with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
+        for steps in args.steps:
+            neurons = min(args.neurons, int(cap // (BYTES_PER_ELEMENT_PEAK * steps)))
+            neurons -= neurons % (CHANNELS * 16)
+            report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool))
+    table = markdown(report)
+    print(table, file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    else:
+        print(json.dumps(report, indent=2))
+    if args.write_docs:
+        write_docs_section(table)
+
+
+if __name__ == "__main__":
+    main()
