@@ -33,6 +33,7 @@ from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
 from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
 from snncc.passes.match_activations import MatchActivationsPass
 from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
+from snncc.passes.name_nodes import NameUnnamedNodesPass
 from snncc.passes.remove_no_ops import RemoveNoOpsPass
 from snncc.passes.set_qcfs_parameters import SetQcfsParametersPass
 
@@ -83,6 +84,7 @@ class CompileResult:
 def canonicalize(model: ir.Model) -> None:
     """Passes that bring any exporter's graph to one form; shared by compile and inspect."""
     ir.passes.Sequential(
+        NameUnnamedNodesPass(),
         ConvertOpsetPass(ops.TARGET_OPSET),
         FreezeInitializerInputsPass(),
         FoldConstantsPass(),

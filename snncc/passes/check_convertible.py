@@ -121,8 +121,11 @@ def _check_maxpool(node, flow, trains):
     if len(node.outputs) > 1 and node.outputs[1].uses():
         return "its Indices output is used"
     if node.inputs[0] not in trains:
-        return ("MaxPool over a sum of spike trains from different neurons (e.g. right after a "
-                "residual Add) is not exact; place an activation before it")
+        producer = node.inputs[0].producer()
+        origin = f"'{source_of(producer)}' ({producer.op_type})" if producer is not None else "a graph input"
+        return (f"its input comes from {origin}, not from the spike trains of one neuron layer: the per-step "
+                "maximum is exact only there (not, e.g., on a sum of trains right after a residual Add); "
+                "place an activation before it")
     return None
 
 
@@ -132,6 +135,38 @@ def _check_slice(node, flow, trains):
 
 def _check_squeeze(node, flow, trains):
     return _touches_batch(_axes(node, 1), "squeezed axes")
+
+
+def _shape_consumers(node: ir.Node, flow: Dataflow) -> list[ir.Node | None]:
+    """The first nodes downstream of a shape computation that read data, not shapes (None: a graph output)."""
+    found, frontier, seen = [], list(node.outputs), set()
+    while frontier:
+        value = frontier.pop()
+        if value.is_graph_output():
+            found.append(None)
+        for use in value.uses():
+            consumer = use.node
+            if consumer in seen:
+                continue
+            seen.add(consumer)
+            if all(flow.of(out) is Region.SHAPE for out in consumer.outputs):
+                frontier.extend(consumer.outputs)
+            else:
+                found.append(consumer)
+    return found
+
+
+def _check_shape(node, flow, trains):
+    """Shape/Size of a spiking tensor read the batch T·B: right only for reshaping spiking tensors."""
+    if node.op_type == "Shape" and _attr(node, "start", 0) >= 1:
+        return None  # reads no batch dimension
+    for consumer in _shape_consumers(node, flow):
+        if consumer is None:
+            return "its batch size (T·B in the spiking graph) reaches a graph output"
+        if not flow.is_between_neurons(consumer):
+            return (f"its batch size (T·B in the spiking graph) is used by '{source_of(consumer)}' "
+                    f"({consumer.op_type}), which does not compute on spike trains")
+    return None
 
 
 def _ok(node, flow, trains):
@@ -158,6 +193,7 @@ _CHECKS: dict[str, Callable] = {
     "Slice": _check_slice,
     "Pad": _check_pad,
     "MaxPool": _check_maxpool,
+    "Shape": _check_shape, "Size": _check_shape,
 }
 
 # Ops that map the trains of one neuron layer channel by channel through a monotone affine map,
