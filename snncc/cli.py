@@ -51,7 +51,7 @@ def _print_layers(layers) -> None:
 @click.option("--calib", "calib_spec", help="Calibration data: .npy, .npz (array x), an image folder, or dataset:split.")
 @click.option("--calib-samples", type=int, help="Use the first N calibration samples.")
 @click.option("--preprocess", help="For image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
-@click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max' or a percentile such as p99.9.")
+@click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max', a percentile such as p99.9, or 'mse' (least quantisation error at T).")
 @click.option("--calibrate/--no-calibrate", default=None, help="DA-QCFS calibration (default: on for ReLU models, off for QCFS).")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch size for calibration.")

@@ -45,7 +45,7 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
     """Record thresholds and run DA-QCFS calibration as the activations need; returns a summary."""
     activations = [n for n in model.graph if is_activation(n)]
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
-    recorded = record_thresholds(model, data, options.threshold, options.batch_size)
+    recorded = record_thresholds(model, data, options.threshold, options.batch_size, steps)
     for node in activations:
         if node.name in recorded:
             set_parameters(node, _silent_safe(recorded[node.name]))

@@ -29,19 +29,26 @@ HISTOGRAM_BINS = 4096
 
 @dataclasses.dataclass(frozen=True)
 class ThresholdMode:
-    percentile: float | None  # None: the maximum
+    """'max'; a percentile 'p99.9'; or 'mse': per channel, the θ in [0.2, 1]·max that minimises
+    the squared error between the activation and its T-level quantisation (beyond the paper)."""
+
+    percentile: float | None = None  # None: the maximum
+    mse: bool = False
 
     @classmethod
     def parse(cls, text: str) -> ThresholdMode:
-        if text == "max":
-            return cls(None)
+        if text in ("max", "mse"):
+            return cls(mse=text == "mse")
         match = re.fullmatch(r"p(\d+(?:\.\d+)?)", text)
         if not match or not 0 < float(match.group(1)) <= 100:
-            raise SnnccError(f"bad --threshold '{text}'; expected 'max' or a percentile such as p99.9 or p99.99")
+            raise SnnccError(f"bad --threshold '{text}'; expected 'max', 'mse' or a percentile such as p99.9")
         return cls(float(match.group(1)))
 
+    def needs_histograms(self) -> bool:
+        return self.mse or (self.percentile is not None and self.percentile < 100)
+
     def __str__(self) -> str:
-        return "max" if self.percentile is None else f"p{self.percentile:g}"
+        return "mse" if self.mse else "max" if self.percentile is None else f"p{self.percentile:g}"
 
 
 def _channel_axes(rank: int) -> list[int]:
@@ -78,8 +85,9 @@ def _run(proto, names: list[str], data: CalibrationData, batch_size: int, label:
         yield session.run(names, {input_name: batch})
 
 
-def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: ThresholdMode, batch_size: int = 256) -> dict[str, np.ndarray]:
-    """Per-channel θ for every ReLU/Clip activation of the analysed model."""
+def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: ThresholdMode, batch_size: int = 256,
+                      steps: int | None = None) -> dict[str, np.ndarray]:
+    """Per-channel θ for every ReLU/Clip activation of the analysed model (`steps`: T, for 'mse')."""
     nodes = [n for n in analysed.graph if is_activation(n) and read_activation(n).kind in (RELU, CLIP)]
     if not nodes:
         return {}
@@ -87,23 +95,24 @@ def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: Threshold
     maxima = None
     for outputs in _run(proto, names, data, batch_size, "recording thresholds"):
         maxima = outputs if maxima is None else [np.maximum(a, b) for a, b in zip(maxima, outputs)]
-    thresholds = [np.maximum(m, 0).astype(np.float32) for m in maxima]
-    if mode.percentile is not None and mode.percentile < 100:
-        thresholds = _percentiles(analysed, nodes, data, batch_size, thresholds, mode.percentile)
-    result = {}
-    for node, theta in zip(nodes, thresholds):
-        record = read_activation(node)
-        if record.kind == CLIP:
-            theta = np.minimum(theta, np.float32(record.clip_max))
-        result[node.name] = theta.astype(np.float32)
-    return result
+    tops = [np.maximum(m, 0).astype(np.float32) for m in maxima]
+    clips = [np.float32(read_activation(n).clip_max) if read_activation(n).kind == CLIP else np.float32(np.inf) for n in nodes]
+    if mode.needs_histograms():
+        histograms = _histograms(analysed, nodes, data, batch_size, tops, str(mode))
+        if mode.mse:
+            thresholds = [_mse_threshold(h, top, clip, steps) for h, top, clip in zip(histograms, tops, clips)]
+        else:
+            thresholds = [_percentile(h, top, mode.percentile) for h, top in zip(histograms, tops)]
+    else:
+        thresholds = tops
+    return {node.name: np.minimum(theta, clip).astype(np.float32) for node, theta, clip in zip(nodes, thresholds, clips)}
 
 
-def _percentiles(analysed, nodes, data, batch_size, maxima, percentile):
-    """Per-channel percentile of the positive inputs, from histograms over [0, max_c]."""
+def _histograms(analysed, nodes, data, batch_size, maxima, label) -> list[np.ndarray]:
+    """Per-channel histograms [C, BINS] of the positive inputs over [0, max_c]."""
     proto, names = _probe_model(analysed, nodes, reduce_max=False)
     counts = [np.zeros((m.size, HISTOGRAM_BINS), np.int64) for m in maxima]
-    for outputs in _run(proto, names, data, batch_size, f"recording p{percentile:g} thresholds"):
+    for outputs in _run(proto, names, data, batch_size, f"recording {label} thresholds"):
         for hist, z, top in zip(counts, outputs, maxima):
             channels = z.shape[1]
             values = np.moveaxis(z, 1, 0).reshape(channels, -1)
@@ -112,11 +121,31 @@ def _percentiles(analysed, nodes, data, batch_size, maxima, percentile):
             bins = np.minimum((values * scale).astype(np.int64), HISTOGRAM_BINS - 1)
             flat = (np.arange(channels)[:, None] * HISTOGRAM_BINS + bins)[positive]
             hist += np.bincount(flat, minlength=channels * HISTOGRAM_BINS).reshape(channels, HISTOGRAM_BINS)
-    result = []
-    for hist, top in zip(counts, maxima):
-        cumulative = np.cumsum(hist, axis=1)
-        total = cumulative[:, -1:]
-        index = np.argmax(cumulative >= np.maximum(total * percentile / 100.0, 1), axis=1)
-        upper_edge = (index + 1) / HISTOGRAM_BINS * top
-        result.append(np.where(total[:, 0] > 0, np.minimum(upper_edge, top), 0).astype(np.float32))
-    return result
+    return counts
+
+
+def _percentile(hist: np.ndarray, top: np.ndarray, percentile: float) -> np.ndarray:
+    cumulative = np.cumsum(hist, axis=1)
+    total = cumulative[:, -1:]
+    index = np.argmax(cumulative >= np.maximum(total * percentile / 100.0, 1), axis=1)
+    upper_edge = (index + 1) / HISTOGRAM_BINS * top
+    return np.where(total[:, 0] > 0, np.minimum(upper_edge, top), 0).astype(np.float32)
+
+
+MSE_FRACTIONS = np.linspace(0.2, 1.0, 81)
+
+
+def _mse_threshold(hist: np.ndarray, top: np.ndarray, clip: np.float32, steps: int | None) -> np.ndarray:
+    """Per channel, θ = f·max (f in MSE_FRACTIONS) minimising Σ count·(g(v) − q_θ(v))² over the bins,
+    where g is the activation (ReLU, or Clip at `clip`) and q_θ its T-level quantisation."""
+    if steps is None:
+        raise AssertionError("the 'mse' threshold needs T")
+    centres = (np.arange(HISTOGRAM_BINS) + 0.5) / HISTOGRAM_BINS * top[:, None]
+    target = np.minimum(centres, clip)
+    errors = []
+    for fraction in MSE_FRACTIONS:
+        theta = np.maximum(fraction * top, np.finfo(np.float32).tiny)[:, None]
+        quantised = theta / steps * np.clip(np.floor(centres * steps / theta + 0.5), 0, steps)
+        errors.append(np.sum(hist * (target - quantised) ** 2, axis=1))
+    best = MSE_FRACTIONS[np.argmin(np.stack(errors), axis=0)]
+    return (best * top).astype(np.float32)
