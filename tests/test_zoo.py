@@ -1,0 +1,183 @@
+"""The model zoo: real topologies either convert exactly or are refused with every offending node.
+
+Two sources:
+- the model-zoo graphs shipped in the `onnx` wheel's backend test data (`light_*`: real topologies,
+  opset 9 / IR 3, placeholder weights);
+- torch exports (TorchScript and dynamo exporters, opsets 9-21) of ResNet-18/34/50, VGG-16/19,
+  MobileNet-V2, DenseNet, SqueezeNet (tests/zoo/torch_models.py), QCFS variants of one of them,
+  and two nets that must be refused (a Sigmoid-gated SE block, Softmax attention pooling).
+
+A convertible model is compiled with thresholds from random calibration data; its SNN must equal
+the (DA-)QCFS ANN that snncc derives (tests/equivalence.py), and the analysed ANN must compute
+what the input model computes. docs/support.md carries the same table for users.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import inspect
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.pipeline import CalibrationOptions
+from snncc.compiler import CompileOptions, compile_model
+from snncc.errors import ConversionError
+from tests import equivalence
+from tests.zoo import torch_models
+
+LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+CACHE = Path(__file__).resolve().parent.parent / ".cache" / "zoo"
+SUPPORT_DOC = Path(__file__).resolve().parent.parent / "docs" / "support.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Convertible:
+    steps: int  # T
+    inputs: int  # random test inputs
+    calibration: int = 64  # random calibration samples
+    da_qcfs: bool | None = None  # None: snncc's default (on for ReLU models, off for QCFS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refused:
+    problems: tuple[tuple[str, str], ...]  # (node, op) of every non-convertible node
+    names_exact: bool = True  # torch's dynamo exporter names nodes differently: compare ops only
+
+
+# The light_* models run at 224x224 with 1000 classes: two inputs, small T (the two slowest,
+# VGG-19 and DenseNet-121, at T = 2; docs/support.md lists the times).
+LIGHT = {
+    "light_resnet50": Convertible(steps=4, inputs=2, calibration=2),
+    "light_vgg19": Convertible(steps=2, inputs=2, calibration=2),
+    "light_squeezenet": Convertible(steps=4, inputs=2, calibration=2),
+    "light_densenet121": Convertible(steps=2, inputs=2, calibration=2),
+    "light_inception_v2": Convertible(steps=4, inputs=2, calibration=2),
+    "light_shufflenet": Convertible(steps=8, inputs=2, calibration=2),
+    # LRN between neurons; the MaxPool after each LRN then pools a non-spike tensor
+    "light_bvlc_alexnet": Refused((("n2", "LRN"), ("n3", "MaxPool"), ("n6", "LRN"), ("n7", "MaxPool"))),
+    "light_zfnet512": Refused((("n2", "LRN"), ("n3", "MaxPool"), ("n6", "LRN"), ("n7", "MaxPool"))),
+    # n3 LRN follows pool1; n9 pools the LRN n8; inception 3a's pool branch n20 pools n9's output
+    "light_inception_v1": Refused((("n3", "LRN"), ("n8", "LRN"), ("n9", "MaxPool"), ("n20", "MaxPool"))),
+}
+
+_SE = Refused((("/stages/stages.0/gate/gate.4/Sigmoid", "Sigmoid"), ("/stages/stages.0/Mul", "Mul"),
+               ("/stages/stages.1/gate/gate.4/Sigmoid", "Sigmoid"), ("/stages/stages.1/Mul", "Mul")))
+_ATTENTION = Refused((("/Softmax", "Softmax"), ("/Mul", "Mul")))
+
+# (model, exporter, opset, expectation): every model with both exporters, opsets spread over 9-21.
+TORCH = [
+    ("resnet18", "torchscript", 9, Convertible(steps=4, inputs=200)),
+    ("resnet18", "torchscript", 13, Convertible(steps=2, inputs=200)),
+    ("resnet18", "dynamo", 18, Convertible(steps=8, inputs=200)),
+    ("resnet34", "torchscript", 11, Convertible(steps=4, inputs=200)),
+    ("resnet34", "dynamo", 20, Convertible(steps=16, inputs=200)),
+    ("resnet50", "torchscript", 17, Convertible(steps=4, inputs=200)),
+    ("resnet50", "dynamo", 21, Convertible(steps=2, inputs=200)),
+    ("vgg16", "torchscript", 10, Convertible(steps=4, inputs=200)),
+    ("vgg16", "dynamo", 18, Convertible(steps=8, inputs=200)),
+    ("vgg19", "torchscript", 14, Convertible(steps=2, inputs=200)),
+    ("vgg19", "dynamo", 19, Convertible(steps=4, inputs=200)),
+    ("mobilenet_v2", "torchscript", 13, Convertible(steps=4, inputs=200)),
+    ("mobilenet_v2", "torchscript", 11, Convertible(steps=8, inputs=200)),
+    ("mobilenet_v2", "dynamo", 18, Convertible(steps=4, inputs=200)),
+    ("densenet", "torchscript", 12, Convertible(steps=4, inputs=200)),
+    ("densenet", "dynamo", 18, Convertible(steps=2, inputs=200)),
+    ("squeezenet", "torchscript", 10, Convertible(steps=4, inputs=200)),
+    ("squeezenet", "torchscript", 16, Convertible(steps=8, inputs=200)),
+    ("squeezenet", "dynamo", 18, Convertible(steps=4, inputs=200)),
+    # QCFS (T̃ = 4): lossless at T = T̃, DA-QCFS calibrated at T ≠ T̃
+    ("resnet18_qcfs4", "torchscript", 17, Convertible(steps=4, inputs=200)),
+    ("resnet18_qcfs4", "dynamo", 18, Convertible(steps=8, inputs=200, da_qcfs=True)),
+    ("densenet_qcfs4", "torchscript", 13, Convertible(steps=2, inputs=200, da_qcfs=True)),
+    ("se_resnet", "torchscript", 13, _SE),
+    ("se_resnet", "dynamo", 18, dataclasses.replace(_SE, names_exact=False)),
+    ("attention_cnn", "torchscript", 15, _ATTENTION),
+    ("attention_cnn", "dynamo", 18, dataclasses.replace(_ATTENTION, names_exact=False)),
+]
+
+
+def light_model(name: str) -> onnx.ModelProto:
+    return onnx.load(LIGHT_DIR / f"{name}.onnx")
+
+
+def torch_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
+    """The export, cached in .cache/zoo under a hash of the model code and the torch version."""
+    import torch
+
+    key = hashlib.sha256(f"{inspect.getsource(torch_models)}|{torch.__version__}|{name}|{exporter}|{opset}".encode())
+    path = CACHE / f"{name}-{exporter}-{opset}-{key.hexdigest()[:16]}.onnx"
+    if path.is_file():
+        return onnx.load(path)
+    model = torch_models.export(torch_models.build(name), exporter == "dynamo", opset)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=CACHE, suffix=".tmp")
+    os.close(fd)
+    onnx.save(model, tmp)
+    os.replace(tmp, path)
+    return model
+
+
+def random_inputs(model: onnx.ModelProto, n: int, seed: int) -> np.ndarray:
+    shape = equivalence.input_shape(model)[1:]
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
+
+
+def check_model(ann: onnx.ModelProto, expected: Convertible | Refused) -> None:
+    calibration_data = random_inputs(ann, getattr(expected, "calibration", 8), seed=1)
+    options = CompileOptions(steps=getattr(expected, "steps", 4), source="zoo",
+                             calibration_data=CalibrationData(calibration_data, "random"),
+                             calibration=CalibrationOptions(da_qcfs=getattr(expected, "da_qcfs", None)))
+    if isinstance(expected, Refused):
+        with pytest.raises(ConversionError) as error:
+            compile_model(ann, options)
+        found = [(p.node, p.op) for p in error.value.problems]
+        if expected.names_exact:
+            assert sorted(found) == sorted(expected.problems)
+        else:
+            assert collections.Counter(op for _, op in found) == collections.Counter(op for _, op in expected.problems)
+        assert all(p.reason for p in error.value.problems)
+        message = str(error.value)
+        assert all(f"'{node}' ({op})" in message for node, op in found)
+        return
+    result = compile_model(ann, options)
+    x = random_inputs(ann, expected.inputs, seed=2)
+    original = equivalence.run_per_sample(ann, x)
+    analysed = equivalence.run(equivalence.original_ann(ann), x)
+    equivalence.assert_outputs_close(original, analysed, list(original), share=1.0)
+    reference = equivalence.derived_reference(ann, result.model, expected.steps)
+    stats = equivalence.assert_snn_equals_reference(result.model, reference, expected.steps, x)
+    assert stats.layers == len(result.layers)
+
+
+@pytest.mark.parametrize("name", list(LIGHT))
+def test_light_zoo(name):
+    check_model(light_model(name), LIGHT[name])
+
+
+@pytest.mark.parametrize("name,exporter,opset,expected", TORCH,
+                         ids=[f"{n}-{e}-{o}" for n, e, o, _ in TORCH])
+def test_torch_zoo(name, exporter, opset, expected):
+    check_model(torch_export(name, exporter, opset), expected)
+
+
+def test_support_table_matches_the_zoo():
+    """docs/support.md has one row per zoo model saying whether it converts."""
+    rows = {}
+    for line in SUPPORT_DOC.read_text().splitlines():
+        cells = [c.strip().strip("`") for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 3 and cells[0] and not set(cells[0]) <= {"-", " "}:
+            rows[cells[0]] = cells[1]
+    expected = {name: isinstance(e, Convertible) for name, e in LIGHT.items()}
+    for name, _, _, e in TORCH:
+        expected[name] = isinstance(e, Convertible)
+    for name, converts in expected.items():
+        assert name in rows, f"docs/support.md has no row for {name}"
+        assert rows[name].startswith("yes" if converts else "no"), f"docs/support.md: {name} says {rows[name]!r}"
