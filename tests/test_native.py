@@ -140,6 +140,17 @@ def test_algorithms_agree(steps):
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_large_layer_matches_function(algorithm):
+    """Enough neurons for work items of several chunks (pipelined) and streamed output rows."""
+    steps, channels = 8, 7
+    rng = np.random.default_rng(11)
+    params = random_params(rng, (channels, 1))
+    x = rng.uniform(-0.5, 2.5, (steps * 13, channels, 7919)).astype(np.float32)  # 720,629 neurons a step
+    model = spike_model(steps, x.shape, params)
+    assert_rounding_only(run(model, x, native=True, algorithm=algorithm), run(model, x, native=False), x, params, steps)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
 def test_thread_count_does_not_change_result(algorithm):
     model, x, _ = random_case(8, per_channel=True, rank=4, seed=7)
     one = run(model, x, native=True, algorithm=algorithm, threads=1)

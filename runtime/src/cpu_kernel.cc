@@ -5,6 +5,7 @@
 //      function bit for bit; _Float16 values are summed in float32);
 //   2. drive and spike count (binary / closed), or nothing (dense);
 //   3. output rows, one step at a time.
+// Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu).
 #include "cpu_kernel.h"
 
 #include <algorithm>
@@ -64,9 +65,10 @@ void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool strea
   std::copy(src + j, src + n, dst + j);
 }
 
-/// Per-thread working arrays of one chunk (too large for every thread's stack).
+/// One chunk of neurons between its two passes over the T steps: the first pass sums its
+/// currents (into `drive`) and then fixes its spike counts; the second writes its output rows.
 template <typename S>
-struct Scratch {
+struct Chunk {
   using F = CpuMath<S>;
   alignas(64) F drive[kCpuChunk];  // first the sum of the currents, then the drive
   alignas(64) F theta_pre[kCpuChunk];
@@ -74,18 +76,35 @@ struct Scratch {
   alignas(64) F first_step[kCpuChunk];  // 0-based first firing step, T when silent
   alignas(64) int count[kCpuChunk];
   alignas(64) S theta_post[kCpuChunk];
-  alignas(64) S out[kCpuChunk];  // one output row, built in cache and then stored
+  int64_t first = 0;  // index of the chunk's first neuron
+  int64_t n = 0;      // neurons in the chunk
 };
 
-/// sum[j] = x[j] + x[stride + j] + ... + x[(steps-1)*stride + j], added in step order; four
-/// rows per pass keep the partial sum in a register without changing the order.
-template <typename S, typename F>
-void sum_steps(const S* __restrict x, int64_t stride, int steps, int64_t n, F* __restrict sum) {
-  for (int64_t j = 0; j < n; ++j) sum[j] = static_cast<F>(x[j]);
-  int t = 1;
-  for (; t + 4 <= steps; t += 4) {
-    const S* r = x + t * stride;
-    for (int64_t j = 0; j < n; ++j) {
+/// Per-thread working memory (too large for every thread's stack): two chunks in flight and
+/// one output row, built in cache and then stored.
+template <typename S>
+struct Scratch {
+  Chunk<S> chunks[2];
+  alignas(64) S out[kCpuChunk];
+};
+
+/// The T steps, passed in groups of this many rows.
+constexpr int kRowGroup = 4;
+
+/// Adds rows [t, t + rows) of the chunk's currents to its sums, in step order (row 0 starts
+/// them). Four rows per pass keep the partial sum in a register without changing the order.
+template <typename S>
+void accumulate(const S* __restrict x, int64_t stride, int t, int rows, Chunk<S>& c) {
+  using F = CpuMath<S>;
+  const S* r = x + c.first + t * stride;
+  F* __restrict sum = c.drive;
+  if (t == 0) {
+    for (int64_t j = 0; j < c.n; ++j) sum[j] = static_cast<F>(r[j]);
+    r += stride;
+    --rows;
+  }
+  if (rows == kRowGroup) {
+    for (int64_t j = 0; j < c.n; ++j) {
       F acc = sum[j];
       acc += static_cast<F>(r[j]);
       acc += static_cast<F>(r[stride + j]);
@@ -93,72 +112,89 @@ void sum_steps(const S* __restrict x, int64_t stride, int steps, int64_t n, F* _
       acc += static_cast<F>(r[3 * stride + j]);
       sum[j] = acc;
     }
+    return;
   }
-  for (; t < steps; ++t) {
-    const S* r = x + t * stride;
-    for (int64_t j = 0; j < n; ++j) sum[j] += static_cast<F>(r[j]);
+  for (; rows > 0; --rows, r += stride) {
+    for (int64_t j = 0; j < c.n; ++j) sum[j] += static_cast<F>(r[j]);
   }
 }
 
+/// After the last row: parameters, drive and (binary / closed) the first firing step.
 template <typename S>
-void chunk(const S* x, const Params<S>& params, S* y, const Geometry& g, Algorithm algorithm, int64_t first,
-           int64_t n, Scratch<S>& w) {
+void decide(const Params<S>& params, const Geometry& g, Algorithm algorithm, Chunk<S>& c) {
   using F = CpuMath<S>;
   const int steps = static_cast<int>(g.steps);
   const F steps_f = static_cast<F>(steps);
-  const int64_t stride = g.neurons;
-  const bool stream = g.steps * g.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
-  x += first;
-  y += first;
-
-  sum_steps(x, stride, steps, n, w.drive);
-  gather(params.theta_pre, params.theta_pre_stride, g, first, n, w.theta_pre);
-  gather(params.theta_post, params.theta_post_stride, g, first, n, w.theta_post);
-  gather(params.psi, params.psi_stride, g, first, n, w.psi);
-  for (int64_t j = 0; j < n; ++j) w.drive[j] = drive(w.drive[j] / steps_f, w.theta_pre[j], w.psi[j], steps_f);
-
-  if (algorithm == Algorithm::kDense) {
-    for (int t = 0; t < steps; ++t) {
-      const int remaining = steps - t;
-      for (int64_t j = 0; j < n; ++j) {
-        const S spike = w.theta_post[j];  // loaded unconditionally, so the select vectorises
-        w.out[j] = fires(w.drive[j], w.theta_pre[j], remaining) ? spike : S(0);
-      }
-      store_row(y + t * stride, w.out, n, stream);
-    }
-    return;
-  }
+  const int64_t n = c.n;
+  gather(params.theta_pre, params.theta_pre_stride, g, c.first, n, c.theta_pre);
+  gather(params.theta_post, params.theta_post_stride, g, c.first, n, c.theta_post);
+  gather(params.psi, params.psi_stride, g, c.first, n, c.psi);
+  for (int64_t j = 0; j < n; ++j) c.drive[j] = drive(c.drive[j] / steps_f, c.theta_pre[j], c.psi[j], steps_f);
+  if (algorithm == Algorithm::kDense) return;  // decided step by step while writing
   if (algorithm == Algorithm::kBinary) {
     // count_binary, interleaved over the chunk: the same strides for every neuron.
-    std::fill(w.count, w.count + n, 0);
+    std::fill(c.count, c.count + n, 0);
     for (int s = top_stride(steps); s > 0; s >>= 1) {
       for (int64_t j = 0; j < n; ++j) {
-        const int candidate = w.count[j] + s;  // bitwise &: no branch, so the loop vectorises
-        w.count[j] += (candidate <= steps) & fires(w.drive[j], w.theta_pre[j], candidate) ? s : 0;
+        const int candidate = c.count[j] + s;  // bitwise &: no branch, so the loop vectorises
+        c.count[j] += (candidate <= steps) & fires(c.drive[j], c.theta_pre[j], candidate) ? s : 0;
       }
     }
   } else {
-    for (int64_t j = 0; j < n; ++j) w.count[j] = count_closed(w.drive[j], w.theta_pre[j], steps);
+    for (int64_t j = 0; j < n; ++j) c.count[j] = count_closed(c.drive[j], c.theta_pre[j], steps);
   }
-  for (int64_t j = 0; j < n; ++j) w.first_step[j] = static_cast<F>(steps - w.count[j]);
-  for (int t = 0; t < steps; ++t) {
-    const F t_f = static_cast<F>(t);
-    for (int64_t j = 0; j < n; ++j) {
-      const S spike = w.theta_post[j];
-      w.out[j] = t_f >= w.first_step[j] ? spike : S(0);
+  for (int64_t j = 0; j < n; ++j) c.first_step[j] = static_cast<F>(steps - c.count[j]);
+}
+
+/// Writes output rows [t, t + rows) of a decided chunk.
+template <typename S>
+void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int rows, bool stream, S* out,
+          S* y) {
+  using F = CpuMath<S>;
+  const int64_t n = c.n;
+  for (const int end = t + rows; t < end; ++t) {
+    if (algorithm == Algorithm::kDense) {
+      const int remaining = static_cast<int>(g.steps) - t;
+      for (int64_t j = 0; j < n; ++j) {
+        const S spike = c.theta_post[j];  // loaded unconditionally, so the select vectorises
+        out[j] = fires(c.drive[j], c.theta_pre[j], remaining) ? spike : S(0);
+      }
+    } else {
+      const F t_f = static_cast<F>(t);
+      for (int64_t j = 0; j < n; ++j) {
+        const S spike = c.theta_post[j];
+        out[j] = t_f >= c.first_step[j] ? spike : S(0);
+      }
     }
-    store_row(y + t * stride, w.out, n, stream);
+    store_row(y + c.first + t * g.neurons, out, n, stream);
   }
 }
 
 }  // namespace
 
+/// A software pipeline over the chunks of the range: while the currents of one chunk are read,
+/// the outputs of the previous one are written, a group of rows each in turn, so that reads and
+/// writes to memory overlap as in a copy.
 template <typename S>
 void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometry& geometry,
                         Algorithm algorithm, int64_t begin, int64_t end) {
   thread_local const std::unique_ptr<Scratch<S>> scratch = std::make_unique<Scratch<S>>();
-  for (int64_t first = begin; first < end; first += kCpuChunk) {
-    chunk(x, params, y, geometry, algorithm, first, std::min(kCpuChunk, end - first), *scratch);
+  const int steps = static_cast<int>(geometry.steps);
+  const bool stream = geometry.steps * geometry.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
+  Chunk<S>* previous = nullptr;
+  for (int64_t first = begin, k = 0; first < end || previous != nullptr; first += kCpuChunk, ++k) {
+    Chunk<S>* current = first < end ? &scratch->chunks[k % 2] : nullptr;
+    if (current != nullptr) {
+      current->first = first;
+      current->n = std::min(kCpuChunk, end - first);
+    }
+    for (int t = 0; t < steps; t += kRowGroup) {
+      const int rows = std::min(kRowGroup, steps - t);
+      if (current != nullptr) accumulate(x, geometry.neurons, t, rows, *current);
+      if (previous != nullptr) emit(*previous, geometry, algorithm, t, rows, stream, scratch->out, y);
+    }
+    if (current != nullptr) decide(params, geometry, algorithm, *current);
+    previous = current;
   }
 #if defined(__SSE2__)
   _mm_sfence();  // order the non-temporal stores before the caller signals completion

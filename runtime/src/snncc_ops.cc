@@ -57,7 +57,8 @@ struct NeuronConfig {
 
   explicit NeuronConfig(const OrtKernelInfo* info)
       : steps(Ort::ConstKernelInfo(info).GetAttribute<int64_t>("T")), algorithm(algorithm_from_environment()) {
-    if (steps < 1) fail("attribute T must be >= 1, got " + std::to_string(steps));
+    // Up to 2^24, T and every step index are exact in float32 and fit the kernels' int.
+    if (steps < 1 || steps > (int64_t{1} << 24)) fail("attribute T must be in 1..2^24, got " + std::to_string(steps));
   }
 };
 
@@ -135,13 +136,14 @@ struct CpuKernel {
     S* y;
     Geometry geometry;
     Algorithm algorithm;
+    int64_t item_neurons;  // neurons per work item, a multiple of kCpuChunk
   };
 
   static void run_item(void* data, size_t item) {
     const auto& w = *static_cast<const Work*>(data);
-    const int64_t begin = static_cast<int64_t>(item) * kCpuChunk;
+    const int64_t begin = static_cast<int64_t>(item) * w.item_neurons;
     parallel_spike_cpu(w.x, w.params, w.y, w.geometry, w.algorithm, begin,
-                       std::min(begin + kCpuChunk, w.geometry.neurons));
+                       std::min(begin + w.item_neurons, w.geometry.neurons));
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -153,9 +155,15 @@ struct CpuKernel {
                  static_cast<const S*>(p.psi), p.theta_pre_stride, p.theta_post_stride, p.psi_stride},
                 static_cast<S*>(call.y),
                 call.geometry,
-                config.algorithm};
-      const size_t items = static_cast<size_t>((call.geometry.neurons + kCpuChunk - 1) / kCpuChunk);
-      if (items > 0) Ort::KernelContext(context).ParallelFor(run_item, items, 0, &work);
+                config.algorithm,
+                0};
+      // Work items of whole chunks: up to 16 each, so that most chunks overlap their reads with
+      // the previous chunk's writes, yet 64 items or more where there are enough chunks, so that
+      // any thread count gets balanced work.
+      const int64_t chunks = (call.geometry.neurons + kCpuChunk - 1) / kCpuChunk;
+      work.item_neurons = std::clamp<int64_t>(chunks / 64, 1, 16) * kCpuChunk;
+      const int64_t items = (call.geometry.neurons + work.item_neurons - 1) / work.item_neurons;
+      if (items > 0) Ort::KernelContext(context).ParallelFor(run_item, static_cast<size_t>(items), 0, &work);
     });
   }
 };
