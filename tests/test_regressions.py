@@ -110,3 +110,19 @@ def test_unnamed_nodes_get_distinct_names_for_errors_and_sources():
     snn = _compile_and_compare(_shape_head("r"), np.random.default_rng(3).normal(size=(16, 2, 3, 3)).astype(np.float32))
     sources = sorted(equivalence.neuron_parameters(snn))
     assert sources == ["a", "r"]
+
+
+def test_two_activations_of_one_tensor_calibrate():
+    """tests/test_bad_input (several outputs): ReLU and ReLU6 of the same tensor made DA-QCFS
+    calibration build two reference inputs of one name ('ref::c', 'ref::c_1') and crash."""
+    text = """g (float[N,2,4,4] x) => (float[N,2,4,4] y) <float[2,2,1,1] w = {1.0,0.5,-0.5,1.0}> {
+        c = Conv (x, w)
+        r = Relu (c)
+        r6 = Clip <min: float = 0.0, max: float = 6.0> (c)
+        s = Add (r, r6)
+        c2 = Conv (s, w)
+        y = Relu (c2)
+    }"""
+    x = np.random.default_rng(5).normal(size=(16, 2, 4, 4)).astype(np.float32) * 4
+    snn = _compile_and_compare(graphs.model(text, opset=9), x)
+    assert sorted(equivalence.neuron_parameters(snn)) == ["r", "r6", "y"]

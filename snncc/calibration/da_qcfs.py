@@ -77,12 +77,14 @@ def _actual_path(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: int, 
     graph = model.graph
     state_outputs: list[ir.Value] = []
     keep = np.float32(momentum)
+    z_refs: dict[str, ir.Value] = {}  # activations reading one tensor share its reference input
 
     def emit(node: ir.Node, b: ActivationBuilder) -> ir.Value:
         theta = thetas[node.name]
         active = theta > 0
         state_dims = [theta.size] + [1] * (b.rank - 2)
-        z_ref = _placeholder(graph, REF + node.inputs[0].name, node.inputs[0])
+        z_name = REF + node.inputs[0].name
+        z_ref = z_refs.get(z_name) or z_refs.setdefault(z_name, _placeholder(graph, z_name, node.inputs[0]))
         r_ref = _placeholder(graph, REF + node.outputs[0].name, node.outputs[0])
         psi = _placeholder(graph, f"{STATE_IN}psi::{node.name}", None, state_dims)
         phi = _placeholder(graph, f"{STATE_IN}phi::{node.name}", None, state_dims)
