@@ -172,7 +172,7 @@ def plot(results: dict, steps: list[int], path: Path) -> None:
         for kind, style in (("qcfs", "--"), ("relu", ":")):
             sweep = entry["models"].get(kind)
             if sweep is not None and sweep["ann"]["top1"] is not None:
-                ax.axhline(100 * sweep["ann"]["top1"], color="gray", linestyle=style, linewidth=1, label=f"{kind.upper()} ANN")
+                ax.axhline(100 * sweep["ann"]["top1"], color="gray", linestyle=style, linewidth=1, label=f"{'QCFS' if kind == 'qcfs' else 'ReLU'} ANN")
         ax.set_xscale("log", base=2)
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("time-steps T")

@@ -108,7 +108,7 @@ def inspect_command(model_path: Path):
 @click.option("--labels", "labels_spec", help="Labels (.npy, or .npz with array y) when --data has none.")
 @click.option("--ann", "ann_path", type=click.Path(path_type=Path), help="The ANN to compare with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
 @_user_errors
 def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_path: Path | None,
                  json_path: Path | None, batch_size: int):
@@ -146,7 +146,7 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
               help="Output prefix: writes PREFIX.csv, PREFIX.json, PREFIX.png (default ./<model>.sweep).")
 @click.option("--fold-time", is_flag=True, help="Evaluate folded graphs (same outputs, synaptic layers run once).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write PREFIX.png (needs matplotlib: snncc[plot]).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
 @_user_errors
 def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec: str | None, calib_spec: str | None,
                   calib_samples: int | None, preprocess: str | None, variants_text: str | None, prefix: Path | None,

@@ -129,7 +129,7 @@ class Reference:
 
 
 def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str,
-                 batch_size: int = 256) -> Reference:
+                 batch_size: int | None = None) -> Reference:
     """The ANN's logits, accuracy and MACs per sample (Conv/Gemm/MatMul, counted in its graph)."""
     from snncc import spikes
     from snncc.session import make_session
@@ -139,7 +139,7 @@ def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, so
     check_input(session, x, source)
     counts = spikes.start_counts(probe)
     logits = []
-    for batch, outputs in run_batches(session, x, batch_size, f"ANN on {len(x)} inputs"):
+    for batch, outputs in run_batches(session, x, batch_size or 256, f"ANN on {len(x)} inputs"):
         logits.append(outputs[0])
         spikes.accumulate(counts, probe, outputs, batch)
     out = np.concatenate(logits)
@@ -170,7 +170,16 @@ class SnnEvaluation:
         self.session = make_session(self.probe.model, native=native)
         check_input(self.session, x, f"{source} with --data {data}")
 
-    def run(self, y: np.ndarray | None = None, reference: Reference | None = None, batch_size: int = 256,
+    def default_batch_size(self) -> int:
+        """256 inputs, fewer for time-expanded graphs: at most ~2048 rows (T x batch) per run."""
+        from snncc import spikes
+
+        neurons = spikes.neuron_nodes(self.model)
+        expanded = [n for n in neurons if n.op_type in spikes.TRAIN_NEURONS]
+        steps = max((int(a.i) for n in expanded for a in n.attribute if a.name == "T"), default=1)
+        return max(1, min(256, 2048 // steps))
+
+    def run(self, y: np.ndarray | None = None, reference: Reference | None = None, batch_size: int | None = None,
             label: str | None = None):
         """Accuracy (with labels), agreement with `reference`, spike, SOP and MAC counts: a report.EvalReport."""
         from snncc import spikes
@@ -178,6 +187,7 @@ class SnnEvaluation:
         from snncc.session import runtime_description
 
         x = self.x
+        batch_size = batch_size or self.default_batch_size()
         if reference is not None and len(reference.logits) != len(x):
             raise AssertionError("reference logits were computed on other data")
         counts = spikes.start_counts(self.probe)
@@ -208,6 +218,6 @@ class SnnEvaluation:
 
 
 def evaluate_snn(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str, data: str,
-                 reference: Reference | None = None, batch_size: int = 256, label: str | None = None):
+                 reference: Reference | None = None, batch_size: int | None = None, label: str | None = None):
     """SnnEvaluation(...).run(...) in one call."""
     return SnnEvaluation(model, source, x, data).run(y, reference, batch_size, label)

@@ -177,7 +177,7 @@ def build_probe(model: onnx.ModelProto) -> Probe:
             synapses.append(_synapse(b, node, events, constants))
             continue
         if not carried or node.domain not in ("", "ai.onnx"):
-            if carried:
+            if carried and not (node.domain == ops.DOMAIN and node.op_type == ops.SPIKE_TRAIN):  # --emit-spikes output
                 stopped.add(f"{node.name} ({node.domain}.{node.op_type})")
             continue
         mapped = _propagate(b, node, carried, events)

@@ -245,7 +245,7 @@ class SweepResult:
 
 
 def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarray, y: np.ndarray | None,
-              data: str, calibration=None, variant_keys: list[str] | None = None, batch_size: int = 256,
+              data: str, calibration=None, variant_keys: list[str] | None = None, batch_size: int | None = None,
               fold_time: bool = False, echo: Callable[[str], None] = print) -> SweepResult:
     """Compile and evaluate every applicable (T, variant); `calibration` is a CalibrationData or None."""
     from snncc.compiler import CompileOptions, compile_model
