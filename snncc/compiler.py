@@ -83,7 +83,8 @@ class CompileResult:
 
 def canonicalize(model: ir.Model) -> None:
     """Passes that bring any exporter's graph to one form; shared by compile and inspect."""
-    ir.passes.Sequential(
+    # One by one: ir.passes.Sequential would wrap a user error (SnnccError) in a PassError.
+    for canonical_pass in (
         NameUnnamedNodesPass(),
         ConvertOpsetPass(ops.TARGET_OPSET),
         FreezeInitializerInputsPass(),
@@ -91,7 +92,8 @@ def canonicalize(model: ir.Model) -> None:
         RemoveNoOpsPass(),
         FoldBatchNormPass(),
         MakeBatchDynamicPass(),
-    )(model)
+    ):
+        canonical_pass(model)
 
 
 def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:

@@ -7,6 +7,7 @@ never overwritten.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -16,21 +17,53 @@ from google.protobuf.message import DecodeError
 from snncc.errors import SnnccError
 
 _PROTOBUF_LIMIT = 2**31 - 1
+_EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the model file
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _inline_tensors(model: onnx.ModelProto):
+    yield from model.graph.initializer
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _forget_external_origin(model: onnx.ModelProto) -> None:
+    """Tensors read back from external data keep an explicit `data_location: DEFAULT`; drop it so
+    that a model compiles to the same bytes however its weights were stored."""
+    for tensor in _inline_tensors(model):
+        if tensor.HasField("data_location") and tensor.data_location == onnx.TensorProto.DEFAULT:
+            tensor.ClearField("data_location")
 
 
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX model (with its external data), or raise SnnccError naming the file."""
+    """Load an ONNX model (with its external data) and check it, or raise SnnccError naming the file."""
     path = Path(path)
+    if path.is_dir():
+        raise SnnccError(f"{path}: is a folder, not an ONNX model file")
     if not path.is_file():
         raise SnnccError(f"{path}: no such file")
     try:
         model = onnx.load(str(path))
-    except (DecodeError, RuntimeWarning, ValueError) as error:
-        raise SnnccError(f"{path}: not a valid ONNX model ({type(error).__name__}: {error})".rstrip()) from None
-    except FileNotFoundError as error:
-        raise SnnccError(f"{path}: external data file missing: {error.filename}") from None
+    except (DecodeError, RuntimeWarning) as error:
+        raise SnnccError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
+    except (onnx.checker.ValidationError, ValueError, OSError) as error:
+        # external data: missing or short file, a location outside the model's folder
+        raise SnnccError(f"{path}: cannot read the model's external data ({_one_line(error)})") from None
     if not model.graph.node:
         raise SnnccError(f"{path}: not a valid ONNX model (the graph has no nodes)")
+    _forget_external_origin(model)
+    try:
+        # the checker reads >2 GB models (external data) from the file, smaller ones from memory
+        onnx.checker.check_model(str(path) if model.ByteSize() >= _PROTOBUF_LIMIT else model)
+    except (onnx.checker.ValidationError, ValueError) as error:
+        raise SnnccError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     return model
 
 
@@ -56,25 +89,44 @@ def check_output_path(output: Path, source: Path, force: bool) -> None:
         raise SnnccError(f"{output}: the output path equals the input model; choose another with -o")
     if not output.parent.is_dir():
         raise SnnccError(f"{output}: the output folder {output.parent} does not exist")
+    if output.is_dir():
+        raise SnnccError(f"{output}: is a folder; name the output file with -o")
     if output.exists() and not force:
         raise SnnccError(f"{output}: already exists (use --force to overwrite)")
+    try:  # find an unwritable folder now, not after the compilation
+        os.rmdir(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as error:
+        raise SnnccError(f"{output}: cannot write ({_one_line(error)})") from None
 
 
 def save_model(model: onnx.ModelProto, output: Path) -> None:
-    """Write atomically: into a temporary file beside `output`, then rename.
+    """Write atomically: into a temporary folder beside `output`, then rename.
 
     Models past protobuf's 2 GB limit are written with their tensors as external data
-    (`<output>.data`).
+    (`<output>.data`, renamed into place before the model file). `model` is left as it was.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent)
-    os.close(fd)
+    output = Path(output)
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
+    except OSError as error:
+        raise SnnccError(f"{output}: cannot write ({_one_line(error)})") from None
+    try:
+        staged = staging / output.name
         if model.ByteSize() < _PROTOBUF_LIMIT:
-            onnx.save(model, tmp)
+            onnx.save(model, staged)
         else:
             data_name = f"{output.name}.data"
-            onnx.save(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name)
-        os.replace(tmp, output)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+            try:
+                onnx.save(model, staged, save_as_external_data=True, all_tensors_to_one_file=True, location=data_name,
+                          size_threshold=_EXTERNAL_THRESHOLD)
+            finally:
+                # onnx moved the tensors out of `model` into the file: read them back in
+                onnx.load_external_data_for_model(model, str(staging))
+                _forget_external_origin(model)
+            if (staging / data_name).exists():
+                os.replace(staging / data_name, output.with_name(data_name))
+        os.replace(staged, output)
+    except OSError as error:
+        raise SnnccError(f"{output}: cannot write ({_one_line(error)})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
