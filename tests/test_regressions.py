@@ -12,7 +12,7 @@ import pytest
 from snncc.calibration.dataset import CalibrationData
 from snncc.compiler import CompileOptions, compile_model
 from snncc.errors import ConversionError
-from tests import equivalence, graphs
+from tests import equivalence, graphs, random_cnn, test_properties
 
 STEPS = 4
 
@@ -126,3 +126,12 @@ def test_two_activations_of_one_tensor_calibrate():
     x = np.random.default_rng(5).normal(size=(16, 2, 4, 4)).astype(np.float32) * 4
     snn = _compile_and_compare(graphs.model(text, opset=9), x)
     assert sorted(equivalence.neuron_parameters(snn)) == ["r", "r6", "y"]
+
+
+def test_activation_reading_an_activation_calibrates():
+    """tests/test_properties (shrunk): conv -> ReLU -> MaxPool -> ReLU. After the MaxPool moves, the
+    second ReLU reads the first one's output, whose reference value z of one node is the r of the
+    other: calibration made two inputs 'ref::relu4' and crashed on 'ref::relu4_1'."""
+    spec = random_cnn.NetSpec(in_channels=1, size=3, classes=2, seed=0, blocks=(
+        random_cnn.Block(kind="conv", channels=1, kernel=1), random_cnn.Block(kind="pool_first", kernel=1)))
+    test_properties.check_spec(spec, steps=1, calibrate=None, with_data=False)

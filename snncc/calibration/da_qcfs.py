@@ -77,15 +77,18 @@ def _actual_path(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: int, 
     graph = model.graph
     state_outputs: list[ir.Value] = []
     keep = np.float32(momentum)
-    z_refs: dict[str, ir.Value] = {}  # activations reading one tensor share its reference input
+    refs: dict[str, ir.Value] = {}  # one input per reference value (z of one node may be r of another)
+
+    def reference(value: ir.Value) -> ir.Value:
+        if REF + value.name not in refs:
+            refs[REF + value.name] = _placeholder(graph, REF + value.name, value)
+        return refs[REF + value.name]
 
     def emit(node: ir.Node, b: ActivationBuilder) -> ir.Value:
         theta = thetas[node.name]
         active = theta > 0
         state_dims = [theta.size] + [1] * (b.rank - 2)
-        z_name = REF + node.inputs[0].name
-        z_ref = z_refs.get(z_name) or z_refs.setdefault(z_name, _placeholder(graph, z_name, node.inputs[0]))
-        r_ref = _placeholder(graph, REF + node.outputs[0].name, node.outputs[0])
+        z_ref, r_ref = reference(node.inputs[0]), reference(node.outputs[0])
         psi = _placeholder(graph, f"{STATE_IN}psi::{node.name}", None, state_dims)
         phi = _placeholder(graph, f"{STATE_IN}phi::{node.name}", None, state_dims)
         state_shape = b.initializer(np.array(state_dims, np.int64))
