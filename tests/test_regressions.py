@@ -135,3 +135,10 @@ def test_activation_reading_an_activation_calibrates():
     spec = random_cnn.NetSpec(in_channels=1, size=3, classes=2, seed=0, blocks=(
         random_cnn.Block(kind="conv", channels=1, kernel=1), random_cnn.Block(kind="pool_first", kernel=1)))
     test_properties.check_spec(spec, steps=1, calibrate=None, with_data=False)
+
+
+def test_activation_of_the_graph_input_calibrates():
+    """tests/test_properties (shrunk): MaxPool -> ReLU on the input; after the move the ReLU reads the
+    graph input, for which calibration asked a reference value 'ref::x' that no node produces."""
+    spec = random_cnn.NetSpec(in_channels=1, size=3, classes=2, seed=0, blocks=(random_cnn.Block(kind="pool_first", kernel=1),))
+    test_properties.check_spec(spec, steps=1, calibrate=None, with_data=False)

@@ -80,6 +80,8 @@ def _actual_path(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: int, 
     refs: dict[str, ir.Value] = {}  # one input per reference value (z of one node may be r of another)
 
     def reference(value: ir.Value) -> ir.Value:
+        if value.is_graph_input():
+            return value  # both paths read the same graph input
         if REF + value.name not in refs:
             refs[REF + value.name] = _placeholder(graph, REF + value.name, value)
         return refs[REF + value.name]
