@@ -123,6 +123,8 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
     y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
     if json_path is not None and not json_path.parent.is_dir():
         raise SnnccError(f"{json_path}: the output folder {json_path.parent} does not exist")
+    if json_path is not None and json_path.is_dir():
+        raise SnnccError(f"{json_path}: is a folder, not a file")
     evaluation = SnnEvaluation(snn, str(model_path), x, data_spec)
     ann = load_model(ann_path) if ann_path is not None else None
     reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None

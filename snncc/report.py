@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from snncc.errors import SnnccError
 from snncc.spikes import Counts
 
 if TYPE_CHECKING:
@@ -197,7 +198,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
     """Write `content` to `path` through a temporary file beside it and a rename."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise SnnccError(f"{path}: is a folder, not a file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise SnnccError(f"{path}: cannot write ({error.strerror or error})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(content.encode() if isinstance(content, str) else content)
@@ -205,6 +211,9 @@ def write_atomic(path: str | os.PathLike, content: str | bytes) -> None:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
         os.replace(tmp, path)
+    except OSError as error:
+        Path(tmp).unlink(missing_ok=True)
+        raise SnnccError(f"{path}: cannot write ({error.strerror or error})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -270,3 +270,4 @@ def test_eval_errors_are_one_line(files, tmp_path):
                       "outside the model's 10 classes")
     assert_user_error(snncc("eval", files / "snn.onnx", "--data", files / "data.npz", "--json", tmp_path / "no" / "r.json"),
                       "does not exist")
+    assert_user_error(snncc("eval", files / "snn.onnx", "--data", files / "data.npz", "--json", tmp_path), "is a folder")
