@@ -143,8 +143,8 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
         f"{m['onnxruntime']}, numpy {m['numpy']}. {report['threads']} threads for every method "
         f"(ORT intra-op threads, not spinning; copy: numpy.copyto on a thread pool of that size). float32, per-channel "
-        f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written (2·T·N·4); "
-        "in brackets the ratio to the copy.",
+        f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written "
+        "(2·T·N·4); in brackets the ratio to the copy.",
         "",
         "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary vs function |",
         "|---|---|---|---|---|---|---|---|---|",

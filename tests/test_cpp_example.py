@@ -27,7 +27,9 @@ STEPS, CLASSES, CHANNELS = 4, 5, 6
 
 pytestmark = [
     pytest.mark.skipif(native_library_path() is None, reason="native library not built (run `make native`)"),
-    pytest.mark.skipif(not (HEADERS / "onnxruntime_cxx_api.h").is_file(), reason=f"no ONNX Runtime headers in {HEADERS}"),
+    pytest.mark.skipif(
+        not (HEADERS / "onnxruntime_cxx_api.h").is_file(), reason=f"no ONNX Runtime headers in {HEADERS}"
+    ),
     pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not found"),
 ]
 
@@ -49,7 +51,9 @@ def tiny_snn() -> onnx.ModelProto:
     nodes = [
         oh.make_node("Tile", ["x", "repeats"], ["x_t"]),
         oh.make_node("Conv", ["x_t", "conv_w", "conv_b"], ["current"], pads=[1, 1, 1, 1]),
-        oh.make_node("ParallelSpike", ["current", "theta_pre", "theta_post", "psi"], ["spikes"], domain=DOMAIN, T=STEPS),
+        oh.make_node(
+            "ParallelSpike", ["current", "theta_pre", "theta_post", "psi"], ["spikes"], domain=DOMAIN, T=STEPS
+        ),
         oh.make_node("GlobalAveragePool", ["spikes"], ["pooled"]),
         oh.make_node("Flatten", ["pooled"], ["flat"]),
         oh.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["scores_t"], transB=1),
@@ -104,7 +108,8 @@ def test_cpp_example_matches_python(snn_classify, tmp_path):
 
     library = str(native_library_path())
     assert classify(snn_classify, "--library", library, str(model_path), str(tmp_path / "x.npy")) == expected
-    assert classify(snn_classify, "--library", library, "--threads", "1", str(model_path), str(tmp_path / "x.f32")) == expected
+    raw = str(tmp_path / "x.f32")
+    assert classify(snn_classify, "--library", library, "--threads", "1", str(model_path), raw) == expected
     assert classify(snn_classify, str(model_path), str(tmp_path / "x.npy")) == expected  # the ONNX functions
 
 
@@ -112,6 +117,7 @@ def test_cpp_example_reports_bad_input(snn_classify, tmp_path):
     model_path = tmp_path / "tiny.snn.onnx"
     onnx.save(tiny_snn(), model_path)
     (tmp_path / "bad.f32").write_bytes(b"\0" * 10)  # not a whole number of 8x8 float32 rows
-    result = subprocess.run([str(snn_classify), str(model_path), str(tmp_path / "bad.f32")], capture_output=True, text=True)
+    command = [str(snn_classify), str(model_path), str(tmp_path / "bad.f32")]
+    result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 1
     assert "whole number" in result.stderr

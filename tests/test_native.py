@@ -31,10 +31,16 @@ ALGORITHMS = ["binary", "dense", "closed"]
 # Rounding disagreements allowed per neuron (docs/ops.md, "Rounding").
 MAX_DISAGREEMENT_RATE = 1e-4
 
-_ONNX_TYPE = {np.float32: onnx.TensorProto.FLOAT, np.float64: onnx.TensorProto.DOUBLE, np.float16: onnx.TensorProto.FLOAT16}
+_ONNX_TYPE = {
+    np.float32: onnx.TensorProto.FLOAT,
+    np.float64: onnx.TensorProto.DOUBLE,
+    np.float16: onnx.TensorProto.FLOAT16,
+}
 
 
-def spike_model(steps: int, x_shape: tuple[int, ...], params: dict[str, np.ndarray], dtype=np.float32) -> onnx.ModelProto:
+def spike_model(
+    steps: int, x_shape: tuple[int, ...], params: dict[str, np.ndarray], dtype=np.float32
+) -> onnx.ModelProto:
     """One ParallelSpike node; X is a graph input, the parameters are initializers."""
     elem = _ONNX_TYPE[dtype]
     node = oh.make_node("ParallelSpike", ["X", "theta_pre", "theta_post", "psi"], ["Y"], domain=DOMAIN, T=steps)
@@ -66,15 +72,21 @@ def random_params(rng: np.random.Generator, param_shape: tuple[int, ...]) -> dic
     }
 
 
-def spike_counts(y: np.ndarray, steps: int) -> np.ndarray:
-    """Spikes per neuron, after checking that every train is 0 / theta_post and sorted in time."""
+def spike_counts(y: np.ndarray, steps: int, theta_post: np.ndarray | None = None) -> np.ndarray:
+    """Spikes per neuron, after checking that every train is sorted in time and its spikes carry
+    one value: theta_post (broadcast against one step) when given."""
     trains = y.reshape(steps, -1).astype(np.float64)
     fired = trains != 0
     assert not np.isnan(trains).any()
     assert (fired[1:] >= fired[:-1]).all(), "a train is not sorted (a spike followed by silence)"
-    values = np.where(fired, trains, np.nan)
-    spread = np.nanmax(values, axis=0, initial=-np.inf) - np.nanmin(values, axis=0, initial=np.inf)
-    assert (spread[fired.any(axis=0)] == 0).all(), "spikes of one neuron carry different values"
+    if theta_post is None:
+        values = np.where(fired, trains, np.nan)
+        spread = np.nanmax(values, axis=0, initial=-np.inf) - np.nanmin(values, axis=0, initial=np.inf)
+        assert (spread[fired.any(axis=0)] == 0).all(), "spikes of one neuron carry different values"
+    else:
+        step_shape = (y.shape[0] // steps,) + y.shape[1:]
+        spike = np.broadcast_to(np.asarray(theta_post, y.dtype), step_shape).reshape(-1).astype(np.float64)
+        assert (trains[fired] == np.broadcast_to(spike, trains.shape)[fired]).all(), "a spike is not theta_post"
     return fired.sum(axis=0)
 
 
@@ -94,7 +106,8 @@ def near_boundary(x: np.ndarray, params: dict[str, np.ndarray], steps: int, eps:
 def assert_rounding_only(actual: np.ndarray, expected: np.ndarray, x: np.ndarray, params: dict[str, np.ndarray],
                          steps: int, *, eps: float = float(np.finfo(np.float32).eps)) -> int:
     """Equal trains except rare neurons near a rounding boundary; returns how many differ."""
-    differ = spike_counts(actual, steps) != spike_counts(expected, steps)
+    theta_post = params["theta_post"]
+    differ = spike_counts(actual, steps, theta_post) != spike_counts(expected, steps, theta_post)
     boundary = near_boundary(x, params, steps, eps)
     assert not (differ & ~boundary).any(), f"{int((differ & ~boundary).sum())} neurons differ away from a boundary"
     assert differ.sum() <= MAX_DISAGREEMENT_RATE * differ.size, f"{int(differ.sum())} of {differ.size} differ"
@@ -174,8 +187,9 @@ def test_currents_exactly_on_thresholds(steps, algorithm):
     x = np.broadcast_to(mean, (steps, channels, k.size)).astype(np.float32)
     model = spike_model(steps, x.shape, params)
     expected = np.broadcast_to(np.clip(k, 0, steps), (channels, k.size)).ravel()
-    np.testing.assert_array_equal(spike_counts(run(model, x, native=True, algorithm=algorithm), steps), expected)
-    np.testing.assert_array_equal(spike_counts(run(model, x, native=False), steps), expected)
+    y = run(model, x, native=True, algorithm=algorithm)
+    np.testing.assert_array_equal(spike_counts(y, steps, params["theta_post"]), expected)
+    np.testing.assert_array_equal(spike_counts(run(model, x, native=False), steps, params["theta_post"]), expected)
 
 
 @pytest.mark.parametrize("steps", [3, 7])
@@ -200,8 +214,9 @@ def test_negative_and_large_currents():
     model = spike_model(steps, x.shape, params)
     expected = np.array([0, 0, 0, 0, 0, steps, steps, steps])  # 8 * 3e38 sums to +inf
     for algorithm in ALGORITHMS:
-        np.testing.assert_array_equal(spike_counts(run(model, x, native=True, algorithm=algorithm), steps), expected)
-    np.testing.assert_array_equal(spike_counts(run(model, x, native=False), steps), expected)
+        y = run(model, x, native=True, algorithm=algorithm)
+        np.testing.assert_array_equal(spike_counts(y, steps, params["theta_post"]), expected)
+    np.testing.assert_array_equal(spike_counts(run(model, x, native=False), steps, params["theta_post"]), expected)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -223,7 +238,7 @@ def test_non_finite_currents(algorithm):
     x = np.array([c for c, _ in columns], np.float32).T.reshape(steps, 1, len(columns))
     model = spike_model(steps, x.shape, params)
     y = run(model, x, native=True, algorithm=algorithm)
-    np.testing.assert_array_equal(spike_counts(y, steps), [count for _, count in columns])
+    np.testing.assert_array_equal(spike_counts(y, steps, params["theta_post"]), [count for _, count in columns])
 
 
 def test_float16_computes_in_float32():
@@ -247,7 +262,8 @@ def test_float64_matches_function():
     x64 = x.astype(np.float64)
     native = run(model, x64, native=True)
     assert native.dtype == np.float64
-    assert_rounding_only(native, run(model, x64, native=False), x64, params64, steps, eps=float(np.finfo(np.float64).eps))
+    reference = run(model, x64, native=False)
+    assert_rounding_only(native, reference, x64, params64, steps, eps=float(np.finfo(np.float64).eps))
 
 
 def test_model_runs_without_library(monkeypatch):
@@ -326,4 +342,5 @@ def test_cuda_non_finite():
     params = {"theta_pre": np.array([1.0]), "theta_post": np.array([1.5]), "psi": np.array([0.0])}
     x = np.array([[np.nan, np.inf, -np.inf, 1.0]] * steps, np.float32).reshape(steps, 1, 4)
     model = spike_model(steps, x.shape, params)
-    np.testing.assert_array_equal(spike_counts(run(model, x, native=True, providers=CUDA), steps), [0, steps, 0, 3])
+    y = run(model, x, native=True, providers=CUDA)
+    np.testing.assert_array_equal(spike_counts(y, steps, params["theta_post"]), [0, steps, 0, 3])

@@ -70,7 +70,8 @@ def main() -> None:
                         "rounding_differences": int(differ.sum())})
         print(f"torch_dense: T={steps}: {ms:.3f} ms", file=sys.stderr)
         del x, y, level, expected, differ, near
-    print(json.dumps({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}, indent=2))
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "results": results}
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":
