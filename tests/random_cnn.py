@@ -67,7 +67,7 @@ class NetSpec:
                     acts.append(block.act)
         if self.head == "conv_gap":
             acts.append(Act("relu"))
-        if self.head_act is not None:
+        if self.head_act is not None and self.head != "conv_gap":  # conv_gap has no hidden layer
             acts.append(self.head_act)
         return acts
 

@@ -294,6 +294,27 @@ def test_several_data_inputs_with_calibration_is_a_precise_error(files):
     assert_user_error(snncc(*compile_args(files, "two.onnx")), "2 data inputs", "exactly one", output=files / "out.onnx")
 
 
+def test_several_data_inputs_of_a_qcfs_model_convert(files):
+    """Without calibration data nothing needs a single input: each input is encoded on its own."""
+    text = """g (float[N,2] x, float[N,2] z) => (float[N,2] y) <float theta = {1.0}, float levels = {4.0}, float lo = {0.0},
+        float hi = {1.0}, float half = {0.5}> {
+        a = Add (x, z)
+        s = Div (a, theta)
+        c = Clip (s, lo, hi)
+        m = Mul (c, levels)
+        h = Add (m, half)
+        f = Floor (h)
+        d = Div (f, levels)
+        y = Mul (d, theta)
+    }"""
+    onnx.save(graphs.model(text), files / "two.onnx")
+    result = snncc("compile", files / "two.onnx", "--T", 4, "-o", files / "out.onnx")
+    assert result.exit_code == 0, result.output
+    x, z = RNG.uniform(-0.5, 1.5, (2, 64, 2)).astype(np.float32)
+    (y,) = graphs.run(onnx.load(files / "out.onnx"), x=x, z=z)
+    assert np.allclose(y, np.clip(np.floor((x + z) * 4 + 0.5), 0, 4) / 4, atol=1e-6)
+
+
 def test_several_outputs_convert_and_each_equals_the_reference():
     text = """g (float[N,2,4,4] x) => (float[N,2,4,4] y, float[N,2] y2) <float[2,2,1,1] w = {1.0,0.5,-0.5,1.0}, int64[2] ax = {2, 3}> {
         c = Conv (x, w)
