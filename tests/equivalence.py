@@ -170,6 +170,7 @@ class Comparison:
     compared: int = 0  # neuron outputs (over the batch) whose spike counts were compared
     ties: int = 0  # count differences at a float tie
     layers: int = 0
+    cases: set[str] = dataclasses.field(default_factory=set)  # neuron cases, filled in by callers
 
 
 def assert_snn_equals_reference(snn: onnx.ModelProto, reference: Reference, steps: int, x: np.ndarray,

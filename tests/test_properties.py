@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 from snncc.calibration.dataset import CalibrationData
@@ -57,7 +57,8 @@ def check_spec(spec: NetSpec, steps: int, calibrate: bool | None, with_data: boo
     stats = equivalence.assert_snn_equals_reference(result.model, equivalence.derived_reference(ann, result.model, steps),
                                                     steps, x)
     assert stats.layers == len(spec.activations())
-    if {layer.case for layer in result.layers} <= QCFS_CASES:
+    stats.cases = {layer.case for layer in result.layers}
+    if stats.cases <= QCFS_CASES:
         at_steps = equivalence.run(build(spec, levels_override=steps), x)
         equivalence.assert_outputs_close(at_steps, equivalence.run(result.model, x), list(at_steps))
     return stats
@@ -69,4 +70,11 @@ def check_spec(spec: NetSpec, steps: int, calibrate: bool | None, with_data: boo
        with_data=st.booleans())
 def test_random_cnn_snn_equals_quantised_ann(spec, steps, calibrate, with_data):
     assume(spec.activations())
-    check_spec(spec, steps, calibrate, with_data)
+    for block in spec.blocks:
+        event(f"block {block.kind}")
+    for act in spec.activations():
+        event(f"activation {act.kind}")
+    stats = check_spec(spec, steps, calibrate, with_data)
+    for case in stats.cases:
+        event(f"case {case}")
+    event(f"float ties: {'some' if stats.ties else 'none'}")
