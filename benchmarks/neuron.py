@@ -134,14 +134,16 @@ def machine() -> dict:
                   if line.startswith("model name")), platform.processor())
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     return {"cpu": model, "logical_cpus": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
-            "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version()}
+            "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "load_average_1min_at_start": os.getloadavg()[0]}
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
     lines = [
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
-        f"{m['onnxruntime']}, numpy {m['numpy']}. {report['threads']} threads for every method "
+        f"{m['onnxruntime']}, numpy {m['numpy']}; load average {m['load_average_1min_at_start']:.1f} when the run "
+        f"started (other jobs on the machine). {report['threads']} threads for every method "
         f"(ORT intra-op threads, not spinning; copy: numpy.copyto on a thread pool of that size). float32, per-channel "
         f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written "
         "(2·T·N·4); in brackets the ratio to the copy.",
@@ -172,11 +174,27 @@ def goals(report: dict) -> str:
             f"≥ 3× faster than the function: {verdict(fast_ok)}.")
 
 
+NOTES = """
+Every method reads and writes the same bytes, so the copy bounds them all. A copy streams through
+two contiguous arrays; the neuron reads each neuron's T currents from T rows N values apart (one
+row per step, in pieces of 4096 neurons, four rows at a time, overlapped with writing the previous
+piece's output rows), a pattern that streams less well, and it adds per-neuron work (sum, parameter
+gather, search) that weighs most at small T. The three native algorithms differ little beyond the
+noise. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
+copies) and runs them as separate ops. Timings on a shared virtual machine vary by tens of percent
+between runs (see the load average above): compare the columns of one row, measured taking turns.
+
+The CUDA kernel is measured by `benchmarks/gpu/run.sh OUTDIR` on a machine with an NVIDIA GPU
+(against a serial integrate-and-fire kernel, a device-to-device copy and PyTorch's dense
+equivalent); no GPU was available when this section was written.
+"""
+
+
 def write_docs_section(table: str) -> None:
     """Replaces (or appends) the "Neuron kernel" section of docs/performance.md, nothing else."""
     text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
     body = (f"{SECTION}\n\nOne `snn.ParallelSpike` layer on the CPU, measured by `benchmarks/neuron.py` "
-            "(see its docstring for the methods).\n\n" + table)
+            "(see its docstring for the methods).\n\n" + table + NOTES)
     if SECTION in text:
         start = text.index(SECTION)
         end = text.find("\n## ", start + len(SECTION))
