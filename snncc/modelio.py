@@ -42,6 +42,26 @@ def _forget_external_origin(model: onnx.ModelProto) -> None:
             tensor.ClearField("data_location")
 
 
+def _items(field, value) -> list:
+    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    return value if repeated else [value]
+
+
+def _invalid_text(message) -> str | None:
+    """The first string field that is not valid UTF-8 (protobuf hands such fields over as bytes)."""
+    for field, value in message.ListFields():
+        if field.type == field.TYPE_MESSAGE:
+            for item in _items(field, value):
+                found = _invalid_text(item)
+                if found:
+                    return found
+        elif field.type == field.TYPE_STRING:
+            for item in _items(field, value):
+                if isinstance(item, bytes):
+                    return f"{message.DESCRIPTOR.name}.{field.name} = {item!r}"
+    return None
+
+
 def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     """Load an ONNX model (with its external data) and check it, or raise SnnccError naming the file."""
     path = Path(path)
@@ -58,11 +78,14 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise SnnccError(f"{path}: cannot read the model's external data ({_one_line(error)})") from None
     if not model.graph.node:
         raise SnnccError(f"{path}: not a valid ONNX model (the graph has no nodes)")
+    bad_text = _invalid_text(model)
+    if bad_text:
+        raise SnnccError(f"{path}: not a valid ONNX model (a name or string is not UTF-8: {bad_text})")
     _forget_external_origin(model)
     try:
-        # the checker reads >2 GB models (external data) from the file, smaller ones from memory
-        onnx.checker.check_model(str(path) if model.ByteSize() >= _PROTOBUF_LIMIT else model)
-    except (onnx.checker.ValidationError, ValueError) as error:
+        # with shape inference (a wrong attribute or weight shape); >2 GB models are checked from the file
+        onnx.checker.check_model(str(path) if model.ByteSize() >= _PROTOBUF_LIMIT else model, full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
         raise SnnccError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     return model
 

@@ -16,11 +16,14 @@ import numpy as np
 import onnx
 import pytest
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from snncc import modelio
 from snncc.calibration.dataset import CalibrationData
 from snncc.cli import main
 from snncc.compiler import CompileOptions, compile_model
+from snncc.errors import SnnccError
 from tests import equivalence, graphs
 
 RNG = np.random.default_rng(0)
@@ -397,3 +400,28 @@ def test_save_leaves_the_model_in_memory_intact(tmp_path, monkeypatch):
     monkeypatch.setattr(modelio, "_PROTOBUF_LIMIT", 64)
     modelio.save_model(model, tmp_path / "a.onnx")
     assert model.SerializeToString() == before
+
+
+# --- corrupted files: never a crash ---------------------------------------------------------
+
+_GOOD = relu_model().SerializeToString()
+
+
+@settings(max_examples=int(os.environ.get("SNNCC_FUZZ_EXAMPLES", "100")), deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, len(_GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.none() | st.integers(1, len(_GOOD) - 1))
+def test_corrupted_model_bytes_give_a_user_error_or_compile(tmp_path_factory, edits, cut):
+    """Random byte overwrites (and a truncation): `snncc compile` writes a model, or answers with a
+    one-line user error; never a traceback."""
+    data = bytearray(_GOOD)
+    for position, value in edits:
+        data[position] = value
+    folder = tmp_path_factory.mktemp("fuzz")
+    (folder / "relu.onnx").write_bytes(bytes(data[:cut]))
+    np.save(folder / "calib.npy", calibration())
+    result = snncc(*compile_args(folder))
+    if result.exit_code == 0:
+        assert (folder / "out.onnx").is_file()
+    else:
+        assert_user_error(result, output=folder / "out.onnx", folder=folder)
