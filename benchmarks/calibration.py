@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=REPO / "models" / "fmnist_relu_vgg.onnx")
     parser.add_argument("--samples", type=int, default=10000)
     parser.add_argument("--T", dest="steps", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

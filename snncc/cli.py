@@ -54,7 +54,8 @@ def _print_layers(layers) -> None:
 @click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max', a percentile such as p99.9, or 'mse' (least quantisation error at T).")
 @click.option("--calibrate/--no-calibrate", default=None, help="DA-QCFS calibration (default: on for ReLU models, off for QCFS).")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Batch size for calibration.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Calibration batch size; each batch is one DA-QCFS momentum update.")
 @click.option("--neuron", type=click.Choice(["parallel", "if"]), default="parallel", show_default=True,
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")

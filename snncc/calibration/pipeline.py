@@ -31,7 +31,9 @@ class CalibrationOptions:
     threshold: ThresholdMode = ThresholdMode(None)
     da_qcfs: bool | None = None  # None: on for ReLU/Clip models, off for QCFS models
     momentum: float = 0.99
-    batch_size: int = 256
+    # Each batch is one update of the momentum averages: with α = 0.99, 10k samples in batches of 32
+    # give 313 updates (ψ, φ reach 96% of their fixed point); batches of 256 give 40 (33%).
+    batch_size: int = 32
 
 
 def _silent_safe(theta: np.ndarray) -> NeuronParameters:
