@@ -246,6 +246,17 @@ def markdown(results: dict, args, seconds: float, figure: str | None) -> str:
     return "\n".join(out)
 
 
+def kept_sections(path: Path) -> str:
+    """Sections other scripts maintain in the same file (`<!-- name:start -->` ... `<!-- name:end -->`),
+    carried over unchanged below this script's part."""
+    import re
+
+    if not path.exists():
+        return "\n"
+    sections = [m.group(0) for m in re.finditer(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", path.read_text(), flags=re.S)]
+    return "\n" + "".join(f"\n{section}\n" for section in sections)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datasets", default="mnist,fashion-mnist", type=lambda s: s.split(","))
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         figure = png.name
     except ImportError:
         log("matplotlib is not installed (pip install 'snncc[plot]'): no plot")
-    args.out.write_text(markdown(results, args, seconds, figure) + "\n")
+    args.out.write_text(markdown(results, args, seconds, figure) + kept_sections(args.out))
     log(f"wrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if figure else ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
