@@ -24,7 +24,26 @@ def _user_errors(command):
     return wrapper
 
 
-@click.group()
+class _OneLineUsageErrors(click.Group):
+    """Bad options and arguments are user errors too: one line, exit 2."""
+
+    def main(self, *args, **kwargs):
+        try:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        except click.exceptions.Abort:
+            click.echo("snncc: aborted", err=True)
+            sys.exit(1)
+        except click.exceptions.ClickException as error:
+            if isinstance(error, click.exceptions.NoArgsIsHelpError):
+                click.echo(error.ctx.get_help() if error.ctx else str(error))
+                sys.exit(0)
+            click.echo(f"snncc: error: {error.format_message()}", err=True)
+            sys.exit(2)
+        except click.exceptions.Exit as done:
+            sys.exit(done.exit_code)
+
+
+@click.group(cls=_OneLineUsageErrors)
 @click.version_option(package_name="snncc")
 def main():
     """Compile ANN ONNX models into parallel-spiking SNN ONNX models."""

@@ -46,6 +46,7 @@ def make_session(
 ) -> ort.InferenceSession:
     """An InferenceSession for `model`; native=None registers the library when present."""
     options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: no "unused initializer" chatter around our output
     if threads is not None:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
