@@ -22,7 +22,7 @@ import onnx
 
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
-from snncc.calibration.pipeline import CalibrationOptions
+from snncc.calibration.pipeline import RECORDING_BATCH, CalibrationOptions
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.compiler import CompileOptions, analyse_activations, compile_model, to_ir
 from snncc.data import load
@@ -58,9 +58,9 @@ def main() -> None:
     rows["ANN inference"], _ = timed(lambda: predict(session, x, args.batch_size, label="ANN inference"))
     analysed = analyse_activations(to_ir(ann))
     rows["threshold recording (max)"], recorded = timed(
-        lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), args.batch_size))
+        lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH))
     rows["threshold recording (p99.9)"], _ = timed(
-        lambda: record_thresholds(analysed, data, ThresholdMode.parse("p99.9"), args.batch_size))
+        lambda: record_thresholds(analysed, data, ThresholdMode.parse("p99.9"), RECORDING_BATCH))
     thetas = reference_thresholds(analysed, recorded)
     rows[f"DA-QCFS calibration (T={args.steps})"], _ = timed(
         lambda: calibrate(analysed, data, thetas, args.steps, 0.99, args.batch_size))

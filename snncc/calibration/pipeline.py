@@ -21,6 +21,9 @@ from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.passes._activation import QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
 
+# Recorded thresholds do not depend on the batch size, so recording uses large batches.
+RECORDING_BATCH = 256
+
 CASE_RELU_THRESHOLDS = "relu-thresholds"
 CASE_RELU_CALIBRATED = "relu-da-qcfs"
 CASE_QCFS_CALIBRATED = "qcfs-da-qcfs"
@@ -47,7 +50,7 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
     """Record thresholds and run DA-QCFS calibration as the activations need; returns a summary."""
     activations = [n for n in model.graph if is_activation(n)]
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
-    recorded = record_thresholds(model, data, options.threshold, options.batch_size, steps)
+    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps)
     for node in activations:
         if node.name in recorded:
             set_parameters(node, _silent_safe(recorded[node.name]))
