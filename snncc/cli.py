@@ -31,7 +31,7 @@ class _OneLineUsageErrors(click.Group):
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except click.exceptions.Abort:
-            click.echo("snncc: aborted", err=True)
+            click.echo("Aborted!", err=True)  # as click says it
             sys.exit(1)
         except click.exceptions.ClickException as error:
             if isinstance(error, click.exceptions.NoArgsIsHelpError):
