@@ -93,9 +93,9 @@ def build(name: str, levels: int, seed: int = 0) -> nn.Module:
     return model
 
 
-def randomize_batchnorm(model: nn.Module) -> None:
+def randomize_batchnorm(model: nn.Module, seed: int = 1234) -> None:
     """Non-trivial running statistics and affine parameters, as a trained model would have."""
-    g = torch.Generator().manual_seed(1234)
+    g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             c = m.num_features

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tests.nets import randomize_batchnorm
+
 INPUT_SHAPE = (3, 32, 32)
 
 
@@ -280,14 +282,7 @@ def build(name: str, seed: int = 0) -> nn.Module:
     base, _, levels = name.partition("_qcfs")
     torch.manual_seed(seed)
     model = BUILDERS[base]()
-    g = torch.Generator().manual_seed(seed + 1)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
+    randomize_batchnorm(model, seed + 1)
     model.eval()
     if levels:
         to_qcfs(model, int(levels), torch.rand((64, *INPUT_SHAPE), generator=g))
