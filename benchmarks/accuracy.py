@@ -153,45 +153,59 @@ def activity_table(entry: dict, steps: list[int]) -> list[str]:
 
 
 def plot(results: dict, steps: list[int], path: Path) -> None:
+    """One panel per dataset with models: accuracy against T per case, the ANNs as horizontal lines.
+    The QCFS curves pass through T = T̃, where both cases are the lossless conversion (starred)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 3.6), dpi=90, squeeze=False)
-    for ax, entry in zip(axes[0], results.values()):
+    shown = [entry for entry in results.values() if entry["models"]]
+    if not shown:
+        raise ValueError("no dataset has a model: nothing to plot")
+    fig, axes = plt.subplots(1, len(shown), figsize=(5.6 * len(shown), 3.8), dpi=90, squeeze=False)
+    for ax, entry in zip(axes[0], shown):
         for label, kind, variant, holds in CASES:
             sweep = entry["models"].get(kind)
             if sweep is None:
                 continue
-            points = [(r["T"], 100 * r["top1"]) for r in sweep["rows"]
-                      if r["variant"] == variant and holds(r["T"], sweep["levels"]) and r["top1"] is not None]
+            levels = sweep["levels"]
+            lossless = [(r["T"], 100 * r["top1"]) for r in sweep["rows"]
+                        if kind == "qcfs" and r["variant"] == "qcfs" and r["T"] == levels and r["top1"] is not None]
             if label.startswith("QCFS, T = T̃"):
-                if points:
-                    ax.plot(*zip(*points), marker="*", markersize=12, linestyle="none", color="black", label=label)
+                if lossless:
+                    ax.plot(*zip(*lossless), marker="*", markersize=13, linestyle="none", color="black", zorder=5, label=label)
                 continue
+            points = [(r["T"], 100 * r["top1"]) for r in sweep["rows"]
+                      if r["variant"] == variant and holds(r["T"], levels) and r["top1"] is not None]
+            points = sorted(points + lossless)
             if points:
                 ax.plot(*zip(*points), marker="o", markersize=4, label=label)
         for kind, style in (("qcfs", "--"), ("relu", ":")):
             sweep = entry["models"].get(kind)
             if sweep is not None and sweep["ann"]["top1"] is not None:
-                ax.axhline(100 * sweep["ann"]["top1"], color="gray", linestyle=style, linewidth=1, label=f"{'QCFS' if kind == 'qcfs' else 'ReLU'} ANN")
+                ax.axhline(100 * sweep["ann"]["top1"], color="gray", linestyle=style, linewidth=1,
+                           label=f"{'QCFS' if kind == 'qcfs' else 'ReLU'} ANN")
         ax.set_xscale("log", base=2)
         ax.set_xticks(steps, [str(s) for s in steps])
         ax.set_xlabel("time-steps T")
         ax.set_ylabel("top-1 accuracy (%)")
-        ax.set_title(entry["title"])
+        ax.set_title(f"{entry['title']} ({entry['samples']} test images)")
         ax.grid(True, alpha=0.3)
         low = min([float(np.min(line.get_ydata())) for line in ax.get_lines() if len(line.get_ydata())] + [100])
         ax.set_ylim(max(low - 2, 0), 100)
-    axes[0][-1].legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def markdown(results: dict, args, seconds: float, figure: str | None) -> str:
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+def git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+
+
+def markdown(results: dict, meta: dict, figure: str | None) -> str:
+    steps = meta["steps"]
     sizes = ", ".join(f"{e['title']}: {e['samples']}" for e in results.values())
     out = [
         "# Results: SNN accuracy against time-steps",
@@ -203,13 +217,12 @@ def markdown(results: dict, args, seconds: float, figure: str | None) -> str:
         "(the paper's networks are in `models/paper_nets.py`; CIFAR/ImageNet are not used here).",
         "",
         f"- test data: {sizes} test images; "
-        f"calibration: the first {args.calib_samples} training images of the same dataset",
-        f"- SNNs evaluated as {'folded graphs (`--fold-time`; equal outputs, see the spot check below)' if args.fold_time else 'time-expanded graphs'}, "
+        f"calibration: the first {meta['calib_samples']} training images of the same dataset",
+        f"- SNNs evaluated as {'folded graphs (`--fold-time`; equal outputs, see the spot check below)' if meta['fold_time'] else 'time-expanded graphs'}, "
         "top-1 accuracy in %",
-        f"- snncc {snncc.__version__} (commit {commit}), onnxruntime {onnxruntime.__version__}, "
-        f"{runtime_description().replace(str(REPO) + '/', '')}",
+        f"- snncc {snncc.__version__} (commit {meta['commit']}), onnxruntime {onnxruntime.__version__}, {meta['runtime']}",
         f"- run on {platform.machine()} with {platform.python_implementation()} {platform.python_version()}, "
-        f"{datetime.date.today().isoformat()}, {seconds / 60:.0f} min",
+        f"{meta['date']}, {meta['seconds'] / 60:.0f} min",
         "",
     ]
     if figure:
@@ -228,7 +241,7 @@ def markdown(results: dict, args, seconds: float, figure: str | None) -> str:
         "",
     ]
     for entry in results.values():
-        out += [f"## {entry['title']}", ""] + table(entry, args.steps) + [""]
+        out += [f"## {entry['title']}", ""] + table(entry, steps) + [""]
         missing = [kind for kind in ("qcfs", "relu") if kind not in entry["models"]]
         for kind in missing:
             prefix = [p for d, (p, t) in DATASETS.items() if t == entry["title"]][0]
@@ -238,7 +251,7 @@ def markdown(results: dict, args, seconds: float, figure: str | None) -> str:
         if entry["models"]:
             out += ["Spiking activity and the energy estimate (45 nm: 0.9 pJ per accumulate, 4.6 pJ per MAC; "
                     "SNN = SOPs + the first layer's MACs on the analog input):", ""]
-            out += activity_table(entry, args.steps) + [""]
+            out += activity_table(entry, steps) + [""]
         for kind, checks in entry["checks"].items():
             cells = ", ".join(f"T={c['T']}: {100 * c['same_argmax']:.1f}% / {c['max_abs_logit_diff']:.1g}" for c in checks)
             out += [f"Spot check, {'QCFS' if kind == 'qcfs' else 'ReLU thresholds-only'} model, folded vs time-expanded graph on the first "
@@ -269,25 +282,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", type=Path, default=REPO / "models", help="folder with the ONNX models")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "results.md")
     ap.add_argument("--json", type=Path, help="also write all numbers as JSON")
+    ap.add_argument("--render", type=Path, help="no run: rewrite the page and plot from a JSON written by --json")
     args = ap.parse_args(argv)
     onnxruntime.set_default_logger_severity(3)
     unknown = [d for d in args.datasets if d not in DATASETS]
     if unknown:
         ap.error(f"unknown dataset(s) {unknown}; expected {list(DATASETS)}")
-    started = time.perf_counter()
-    results = run(args)
-    seconds = time.perf_counter() - started
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        results, meta = saved["results"], saved["meta"]
+    else:
+        started = time.perf_counter()
+        results = run(args)
+        meta = {"seconds": time.perf_counter() - started, "commit": git_commit(), "date": datetime.date.today().isoformat(),
+                "runtime": runtime_description().replace(str(REPO) + "/", ""), "steps": args.steps,
+                "calib_samples": args.calib_samples, "fold_time": args.fold_time}
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")
     figure = None
+    png = args.out.with_suffix(".png")
     try:
-        png = args.out.with_suffix(".png")
-        plot(results, args.steps, png)
+        plot(results, meta["steps"], png)
         figure = png.name
     except ImportError:
         log("matplotlib is not installed (pip install 'snncc[plot]'): no plot")
-    args.out.write_text(markdown(results, args, seconds, figure) + kept_sections(args.out))
-    log(f"wrote {args.out}" + (f" and {args.out.with_suffix('.png')}" if figure else ""))
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    except ValueError as error:
+        log(f"no plot: {error}")
+    args.out.write_text(markdown(results, meta, figure) + kept_sections(args.out))
+    log(f"wrote {args.out}" + (f" and {png}" if figure else ""))
     return 0
 
 
