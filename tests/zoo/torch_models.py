@@ -285,7 +285,8 @@ def build(name: str, seed: int = 0) -> nn.Module:
     randomize_batchnorm(model, seed + 1)
     model.eval()
     if levels:
-        to_qcfs(model, int(levels), torch.rand((64, *INPUT_SHAPE), generator=g))
+        inputs = torch.rand((64, *INPUT_SHAPE), generator=torch.Generator().manual_seed(seed + 2))
+        to_qcfs(model, int(levels), inputs)
     return model
 
 
