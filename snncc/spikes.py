@@ -35,13 +35,13 @@ Invariant: SOP, spike and MAC counts are exact integers (sums in double precisio
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
 from snncc import ops
+from snncc.passes._graph import fresh_name
 
 TRAIN_NEURONS = (ops.PARALLEL_SPIKE, ops.SERIAL_IF)  # output: spike trains, time-major
 COUNT_NEURONS = (ops.SPIKE_COUNT,)  # output: spike counts per neuron (folded graphs)
@@ -118,13 +118,7 @@ class _Builder:
         self.outputs: list[onnx.ValueInfoProto] = []
 
     def name(self, base: str) -> str:
-        base = f"snncc.probe/{base}"
-        for i in itertools.count():
-            candidate = base if i == 0 else f"{base}_{i}"
-            if candidate not in self._used:
-                self._used.add(candidate)
-                return candidate
-        raise AssertionError("unreachable")
+        return fresh_name(f"snncc.probe/{base}", self._used)
 
     def node(self, op: str, inputs: list[str], base: str, n_outputs: int = 1, **attrs) -> list[str]:
         outputs = [self.name(f"{base}/{op}" if n_outputs == 1 else f"{base}/{op}_{i}") for i in range(n_outputs)]

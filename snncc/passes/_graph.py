@@ -48,12 +48,17 @@ class NameGenerator:
             self._used.update(v.name for v in node.outputs)
 
     def __call__(self, base: str) -> str:
-        for i in itertools.count():
-            name = base if i == 0 else f"{base}_{i}"
-            if name not in self._used:
-                self._used.add(name)
-                return name
-        raise AssertionError("unreachable")
+        return fresh_name(base, self._used)
+
+
+def fresh_name(base: str, used: set[str]) -> str:
+    """`base`, or `base_1`, `base_2`, ... : the first not in `used`, which is then added to it."""
+    for i in itertools.count():
+        name = base if i == 0 else f"{base}_{i}"
+        if name not in used:
+            used.add(name)
+            return name
+    raise AssertionError("unreachable")
 
 
 def add_initializer(graph: ir.Graph, names: NameGenerator, base: str, array: np.ndarray) -> ir.Value:
