@@ -108,7 +108,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
     if print_runtime:
         from snncc.session import runtime_description
-        click.echo(runtime_description())
+        click.echo(runtime_description(result.model))
 
 
 @main.command("inspect")

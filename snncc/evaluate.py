@@ -198,7 +198,7 @@ class SnnEvaluation:
         out = np.concatenate(logits)
         report = EvalReport(model=self.source, data=self.data, samples=len(x),
                             metadata={p.key: p.value for p in self.model.metadata_props},
-                            runtime=runtime_description(), counts=counts, logits=out)
+                            runtime=runtime_description(self.model), counts=counts, logits=out)
         if y is not None:
             _check_label_range(y, out.shape[1], self.data)
             report.accuracy = _accuracy(out, y)

@@ -31,7 +31,7 @@ def _describe_snn(model: onnx.ModelProto, source: str) -> str:
     for layer in layers:
         lines.append(f"    {layer.name}: {layer.case}, C={layer.channels}, theta_pre {layer.theta_pre[0]:.4g}..{layer.theta_pre[1]:.4g}, "
                      f"theta_post {layer.theta_post[0]:.4g}..{layer.theta_post[1]:.4g}, psi {layer.psi[0]:.4g}..{layer.psi[1]:.4g}")
-    lines.append(f"  {runtime_description()}")
+    lines.append(f"  {runtime_description(model)}")
     return "\n".join(lines)
 
 

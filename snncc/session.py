@@ -16,6 +16,14 @@ import onnxruntime as ort
 _LIBRARY_NAME = "libsnncc_ops.so"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# The `snn` ops that the native library implements, by execution provider and element type
+# (runtime/README.md); every other `snn` op runs as its model-local function.
+NATIVE_KERNELS = {
+    "ParallelSpike": {"CPUExecutionProvider": ("float32", "float64", "float16"),
+                      "CUDAExecutionProvider": ("float32", "float16")},
+    "SerialIF": {"CPUExecutionProvider": ("float32",), "CUDAExecutionProvider": ("float32",)},
+}
+
 
 def native_library_path() -> Path | None:
     """The native `snn` op library to register, or None (absent, or disabled by SNNCC_NATIVE=0)."""
@@ -59,10 +67,23 @@ def make_session(
     return ort.InferenceSession(source, sess_options=options, providers=providers or default_providers())
 
 
-def runtime_description() -> str:
-    """One line saying which implementation of the `snn` ops a session will use."""
+def runtime_description(model: onnx.ModelProto | None = None) -> str:
+    """One line saying which implementation of the `snn` ops a session will use: for `model`, of
+    the `snn` ops in its graph, else of all of them."""
     library = native_library_path()
     where = ", ".join(default_providers())
     if library is None:
         return f"snn ops: model-local ONNX functions (no native library); providers: {where}"
-    return f"snn ops: native library {library}; providers: {where}"
+    if model is None:
+        from snncc.ops import DOMAIN, function_library
+
+        op_types = {f.name for f in function_library() if f.domain == DOMAIN}
+    else:
+        from snncc.ops import DOMAIN
+
+        op_types = {n.op_type for n in model.graph.node if n.domain == DOMAIN}
+    native = sorted(op_types & NATIVE_KERNELS.keys())
+    functions = sorted(op_types - NATIVE_KERNELS.keys())
+    parts = [f"native kernels: {', '.join(native)}"] if native else []
+    parts += [f"model-local functions: {', '.join(functions)}"] if functions else []
+    return f"snn ops: native library {library} ({'; '.join(parts) or 'no snn ops'}); providers: {where}"

@@ -305,12 +305,12 @@ def test_invalid_shapes_are_rejected():
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
 def test_cuda_sources_compile(tmp_path):
-    """The CUDA kernel and the GPU harness that calls it compile and link (one architecture, to be quick)."""
+    """The CUDA kernels and the GPU harness that calls them compile and link (one architecture, to be quick)."""
     src = REPO / "runtime" / "src"
+    kernels = [src / name for name in ("cuda_kernel.cu", "serial_if_cuda.cu", "cpu_kernel.cc", "serial_if_cpu.cc")]
     subprocess.run(
         ["nvcc", "-std=c++17", "-O2", "--fmad=false", "-Xcompiler", "-ffp-contract=off", "-arch=sm_90", "-I", str(src),
-         str(REPO / "benchmarks" / "gpu" / "harness.cu"), str(src / "cuda_kernel.cu"), str(src / "cpu_kernel.cc"),
-         "-o", str(tmp_path / "harness")],
+         str(REPO / "benchmarks" / "gpu" / "harness.cu"), *map(str, kernels), "-o", str(tmp_path / "harness")],
         check=True,
     )
 

@@ -1,11 +1,12 @@
-// Checks the CUDA kernel of snn.ParallelSpike against the CPU kernel and times it (no ONNX Runtime).
+// Checks the CUDA kernels of snn.ParallelSpike and snn.SerialIF against their CPU kernels and times
+// them (no ONNX Runtime).
 //
 //   harness [--neurons N] [--steps T ...] [--repeats R]      (JSON report on stdout)
 //
 // For float32 and float16 and every T: random currents (with NaN and +-inf sprinkled in) and
-// per-channel parameters; the GPU output must equal the CPU kernel's bit for bit (float16: the CPU
+// per-channel parameters; the GPU outputs must equal the CPU kernels' bit for bit (float16: the CPU
 // kernel on the widened values, as both compute in float32). Then it times, with CUDA events on
-// one stream, the parallel neuron, a serial integrate-and-fire neuron with the same T (the
+// one stream, the parallel neuron, the serial integrate-and-fire neuron with the same T (the
 // step-by-step baseline: one thread per neuron, T dependent steps, same bytes moved) and a
 // device-to-device copy of the same bytes. GB/s count the bytes read and written (2*T*N*size).
 #include <cuda_fp16.h>
@@ -24,6 +25,8 @@
 
 #include "cpu_kernel.h"
 #include "cuda_kernel.h"
+#include "serial_if_cpu.h"
+#include "serial_if_cuda.h"
 
 using namespace snncc;
 
@@ -65,23 +68,15 @@ __half store<__half>(float v) { return __float2half_rn(v); }
 float widen(float v) { return v; }
 float widen(__half v) { return __half2float(v); }
 
-/// Serial integrate-and-fire neuron with soft reset, membrane starting at theta/2: the usual
-/// step-by-step SNN neuron, here as the baseline that the parallel neuron replaces.
+/// Values of y (widened) that differ in bits from the float32 reference.
 template <typename S>
-__global__ void integrate_and_fire(const S* __restrict__ x, const S* __restrict__ theta, S* __restrict__ y,
-                                   int64_t neurons, int steps, int64_t inner, int64_t channels) {
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < neurons;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const S spike = theta[(i / inner) % channels];
-    const float threshold = static_cast<float>(spike);
-    float v = 0.5f * threshold;
-    for (int t = 0; t < steps; ++t) {
-      v += static_cast<float>(x[t * neurons + i]);
-      const bool fire = v >= threshold;
-      v -= fire ? threshold : 0.0f;
-      y[t * neurons + i] = fire ? spike : S(0.0f);
-    }
+int64_t count_mismatches(const std::vector<S>& y, const std::vector<float>& reference) {
+  int64_t mismatches = 0;
+  for (size_t i = 0; i < y.size(); ++i) {
+    const float a = widen(y[i]);
+    mismatches += std::memcmp(&a, &reference[i], sizeof(float)) != 0;
   }
+  return mismatches;
 }
 
 /// Milliseconds per call of fn on `stream`, best of `repeats` (after one warm-up call).
@@ -112,7 +107,7 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   const int64_t size = steps * neurons;
   const cuda::DType dtype = std::is_same_v<S, float> ? cuda::DType::kFloat32 : cuda::DType::kFloat16;
   std::vector<S> x(size), params(3 * kChannels);
-  std::vector<float> x_wide(size), params_wide(3 * kChannels), y_ref(size);
+  std::vector<float> x_wide(size), params_wide(3 * kChannels), y_parallel_ref(size), y_serial_ref(size);
   parallel_for(size, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const float u = uniform(static_cast<uint64_t>(i) * 7 + steps);
@@ -133,7 +128,8 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   const Params<float> cpu_params{params_wide.data(), params_wide.data() + kChannels,
                                  params_wide.data() + 2 * kChannels, 1, 1, 1};
   parallel_for(neurons, [&](int64_t begin, int64_t end) {
-    parallel_spike_cpu(x_wide.data(), cpu_params, y_ref.data(), g, Algorithm::kBinary, begin, end);
+    parallel_spike_cpu(x_wide.data(), cpu_params, y_parallel_ref.data(), g, Algorithm::kBinary, begin, end);
+    serial_if_cpu(x_wide.data(), cpu_params, y_serial_ref.data(), g, begin, end);
   });
 
   S *d_x, *d_y, *d_params;
@@ -143,27 +139,30 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   check(cudaMemcpy(d_x, x.data(), size * sizeof(S), cudaMemcpyHostToDevice), "copy x");
   check(cudaMemcpy(d_params, params.data(), params.size() * sizeof(S), cudaMemcpyHostToDevice), "copy params");
   const Params<void> gpu_params{d_params, d_params + kChannels, d_params + 2 * kChannels, 1, 1, 1};
-  const auto launch = [&] {
-    if (const char* error = cuda::launch_parallel_spike(dtype, d_x, gpu_params, d_y, g, stream)) {
-      std::fprintf(stderr, "harness: launch: %s\n", error);
-      std::exit(1);
-    }
+  // A kernel's launch, as a callable for best_ms.
+  const auto launcher = [&](auto launch_kernel) {
+    return [&, launch_kernel] {
+      if (const char* error = launch_kernel(dtype, d_x, gpu_params, d_y, g, stream)) {
+        std::fprintf(stderr, "harness: launch: %s\n", error);
+        std::exit(1);
+      }
+    };
   };
-  launch();
-  check(cudaStreamSynchronize(stream), "kernel");
+  const auto parallel = launcher(cuda::launch_parallel_spike);
+  const auto serial = launcher(cuda::launch_serial_if);
   std::vector<S> y(size);
-  check(cudaMemcpy(y.data(), d_y, size * sizeof(S), cudaMemcpyDeviceToHost), "copy y");
-  int64_t mismatches = 0;
-  for (int64_t i = 0; i < size; ++i) {
-    const float a = widen(y[i]);
-    mismatches += std::memcmp(&a, &y_ref[i], sizeof(float)) != 0;
-  }
+  // Runs a kernel once and counts the values that differ from its CPU kernel's.
+  const auto mismatches_of = [&](auto run, const std::vector<float>& reference) {
+    run();
+    check(cudaStreamSynchronize(stream), "kernel");
+    check(cudaMemcpy(y.data(), d_y, size * sizeof(S), cudaMemcpyDeviceToHost), "copy y");
+    return count_mismatches(y, reference);
+  };
+  const int64_t mismatches = mismatches_of(parallel, y_parallel_ref);
+  const int64_t serial_mismatches = mismatches_of(serial, y_serial_ref);
 
-  const float parallel_ms = best_ms(launch, stream, repeats);
-  const int blocks = static_cast<int>(std::min<int64_t>((neurons + 255) / 256, 1 << 20));
-  const float serial_ms = best_ms(
-      [&] { integrate_and_fire<S><<<blocks, 256, 0, stream>>>(d_x, d_params, d_y, neurons, steps, kInner, kChannels); },
-      stream, repeats);
+  const float parallel_ms = best_ms(parallel, stream, repeats);
+  const float serial_ms = best_ms(serial, stream, repeats);
   const float copy_ms = best_ms(
       [&] { check(cudaMemcpyAsync(d_y, d_x, size * sizeof(S), cudaMemcpyDeviceToDevice, stream), "copy"); }, stream,
       repeats);
@@ -175,14 +174,19 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   const double gb = 2.0 * size * sizeof(S) / 1e9;
   std::printf(
       "%s    {\"dtype\": \"%s\", \"T\": %d, \"neurons\": %lld, \"mismatched_values\": %lld, "
+      "\"serial_if_mismatched_values\": %lld, "
       "\"ms\": {\"parallel\": %.4f, \"serial_if\": %.4f, \"copy\": %.4f}, "
       "\"gb_per_s\": {\"parallel\": %.1f, \"serial_if\": %.1f, \"copy\": %.1f}}",
       first ? "" : ",\n", type_name, steps, static_cast<long long>(neurons), static_cast<long long>(mismatches),
+      static_cast<long long>(serial_mismatches),
       parallel_ms, serial_ms, copy_ms, gb / parallel_ms * 1e3, gb / serial_ms * 1e3, gb / copy_ms * 1e3);
   std::fflush(stdout);
-  std::fprintf(stderr, "harness: %s T=%d: %lld mismatches, parallel %.3f ms, serial IF %.3f ms, copy %.3f ms\n",
-               type_name, steps, static_cast<long long>(mismatches), parallel_ms, serial_ms, copy_ms);
-  if (mismatches != 0) std::exit(3);
+  std::fprintf(stderr,
+               "harness: %s T=%d: %lld + %lld (serial IF) mismatches, parallel %.3f ms, serial IF %.3f ms, "
+               "copy %.3f ms\n",
+               type_name, steps, static_cast<long long>(mismatches), static_cast<long long>(serial_mismatches),
+               parallel_ms, serial_ms, copy_ms);
+  if (mismatches != 0 || serial_mismatches != 0) std::exit(3);
 }
 
 }  // namespace

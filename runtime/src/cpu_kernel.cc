@@ -11,59 +11,11 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
-#include <type_traits>
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
+
+#include "cpu_common.h"
 
 namespace snncc {
 namespace {
-
-/// out[j] = values[channel of neuron first + j] for j < n, as F; stride 0 broadcasts values[0].
-/// Works in runs of consecutive neurons: runs of one channel (inner > 1) or of consecutive
-/// channels (inner == 1), so that every inner loop is a fill or a copy.
-template <typename S, typename F>
-void gather(const S* values, int64_t stride, const Geometry& g, int64_t first, int64_t n, F* out) {
-  if (stride == 0) {
-    std::fill(out, out + n, static_cast<F>(values[0]));
-    return;
-  }
-  int64_t channel = (first / g.inner) % g.channels;
-  int64_t offset = first % g.inner;
-  for (int64_t j = 0; j < n;) {
-    if (g.inner == 1) {
-      const int64_t run = std::min(g.channels - channel, n - j);
-      for (int64_t k = 0; k < run; ++k) out[j + k] = static_cast<F>(values[channel + k]);
-      j += run;
-      channel = 0;
-    } else {
-      const int64_t run = std::min(g.inner - offset, n - j);
-      std::fill(out + j, out + j + run, static_cast<F>(values[channel]));
-      j += run;
-      offset = 0;
-      if (++channel == g.channels) channel = 0;
-    }
-  }
-}
-
-/// Outputs at least this large are written with non-temporal stores: they cannot stay in cache
-/// anyway, and streaming saves reading every line before writing it (as large memcpy does).
-constexpr int64_t kStreamBytes = int64_t{16} << 20;
-
-/// dst[j] = src[j] for j < n; non-temporal stores where `stream` and the type allows.
-template <typename S>
-void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool stream) {
-  int64_t j = 0;
-#if defined(__SSE2__)
-  if constexpr (std::is_same_v<S, float>) {
-    if (stream) {
-      for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
-      for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
-    }
-  }
-#endif
-  std::copy(src + j, src + n, dst + j);
-}
 
 /// One chunk of neurons between its two passes over the T steps: the first pass sums its
 /// currents (into `drive`) and then fixes its spike counts; the second writes its output rows.
@@ -180,7 +132,7 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
                         Algorithm algorithm, int64_t begin, int64_t end) {
   thread_local const std::unique_ptr<Scratch<S>> scratch = std::make_unique<Scratch<S>>();
   const int steps = static_cast<int>(geometry.steps);
-  const bool stream = geometry.steps * geometry.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
+  const bool stream = streams_output<S>(geometry);
   Chunk<S>* previous = nullptr;
   for (int64_t first = begin, k = 0; first < end || previous != nullptr; first += kCpuChunk, ++k) {
     Chunk<S>* current = first < end ? &scratch->chunks[k % 2] : nullptr;
@@ -196,9 +148,7 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
     if (current != nullptr) decide(params, geometry, algorithm, *current);
     previous = current;
   }
-#if defined(__SSE2__)
-  _mm_sfence();  // order the non-temporal stores before the caller signals completion
-#endif
+  finish_stores();
 }
 
 #define SNNCC_INSTANTIATE(S)                                                                             \

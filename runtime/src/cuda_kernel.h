@@ -1,11 +1,10 @@
 // The CUDA kernel of snn.ParallelSpike, callable without CUDA headers (the ORT glue is plain C++).
 #pragma once
 
+#include "cuda_launch.h"
 #include "neuron.h"
 
 namespace snncc::cuda {
-
-enum class DType { kFloat32, kFloat16 };
 
 /// Enqueues the kernel on `stream` (a cudaStream_t; nullptr = the legacy default stream).
 /// x, y and the parameter arrays are device pointers of `dtype` (float16: IEEE binary16, math in

@@ -10,38 +10,12 @@
 // spike only where drive/theta_pre lies within rounding of an integer.
 #pragma once
 
-#include <cstdint>
-
-#if defined(__CUDACC__)
-#define SNNCC_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define SNNCC_HOST_DEVICE inline
-#endif
+#include "layout.h"
 
 namespace snncc {
 
 /// How a kernel finds the spike count; selectable at run time for benchmarks (SNNCC_NEURON_ALGO).
 enum class Algorithm : int { kBinary, kDense, kClosed };
-
-/// One call: X is [T*B, C, ...] time-major, viewed as [T, neurons]; neuron i has channel
-/// (i / inner) % channels.
-struct Geometry {
-  int64_t steps;     // T
-  int64_t neurons;   // elements per step: B * C * inner
-  int64_t channels;  // X.shape[1] (1 for rank-1 X)
-  int64_t inner;     // prod(X.shape[2:])
-};
-
-/// Per-channel parameters: element c * stride of each array, stride 0 (one value) or 1 ([C]).
-template <typename P>
-struct Params {
-  const P* theta_pre;
-  const P* theta_post;
-  const P* psi;
-  int64_t theta_pre_stride;
-  int64_t theta_post_stride;
-  int64_t psi_stride;
-};
 
 /// T*(m + psi) + theta_pre/2: the left side of the firing condition times r.
 template <typename F>

@@ -12,16 +12,16 @@
 #include <vector>
 
 #include "cpu_kernel.h"
-#include "neuron.h"
+#include "serial_if_cpu.h"
 #if SNNCC_WITH_CUDA
 #include "cuda_kernel.h"
+#include "serial_if_cuda.h"
 #endif
 
 namespace snncc {
 namespace {
 
 constexpr const char* kDomain = "snn";
-constexpr const char* kOpType = "ParallelSpike";
 
 /// Runs fn and turns any exception into an OrtStatus: nothing may unwind into ONNX Runtime.
 template <typename Fn>
@@ -36,38 +36,35 @@ OrtStatusPtr guarded(Fn&& fn) noexcept {
   }
 }
 
-[[noreturn]] void fail(const std::string& message) {
-  throw Ort::Exception(std::string(kDomain) + "." + kOpType + ": " + message, ORT_INVALID_ARGUMENT);
+/// Rejects a node or call of op `op` (e.g. "ParallelSpike") with an error that names it.
+[[noreturn]] void fail(const char* op, const std::string& message) {
+  throw Ort::Exception(std::string(kDomain) + "." + op + ": " + message, ORT_INVALID_ARGUMENT);
 }
 
 /// SNNCC_NEURON_ALGO = binary (default) | dense | closed.
-Algorithm algorithm_from_environment() {
+Algorithm algorithm_from_environment(const char* op) {
   const char* value = std::getenv("SNNCC_NEURON_ALGO");
   const std::string name = value == nullptr ? "" : value;
   if (name.empty() || name == "binary") return Algorithm::kBinary;
   if (name == "dense") return Algorithm::kDense;
   if (name == "closed") return Algorithm::kClosed;
-  fail("SNNCC_NEURON_ALGO must be binary, dense or closed, not '" + name + "'");
+  fail(op, "SNNCC_NEURON_ALGO must be binary, dense or closed, not '" + name + "'");
 }
 
-/// What a kernel instance fixes when the session creates it: the node's T and the algorithm.
-struct NeuronConfig {
-  int64_t steps;
-  Algorithm algorithm;
-
-  explicit NeuronConfig(const OrtKernelInfo* info)
-      : steps(Ort::ConstKernelInfo(info).GetAttribute<int64_t>("T")), algorithm(algorithm_from_environment()) {
-    // Up to 2^24, T and every step index are exact in float32 and fit the kernels' int.
-    if (steps < 1 || steps > (int64_t{1} << 24)) fail("attribute T must be in 1..2^24, got " + std::to_string(steps));
-  }
-};
+/// The node's attribute T.
+int64_t steps_attribute(const OrtKernelInfo* info, const char* op) {
+  const auto steps = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("T");
+  // Up to 2^24, T and every step index are exact in float32 and fit the kernels' int.
+  if (steps < 1 || steps > (int64_t{1} << 24)) fail(op, "attribute T must be in 1..2^24, got " + std::to_string(steps));
+  return steps;
+}
 
 /// Stride of a parameter over channels: 0 for one value, 1 for one per channel.
-int64_t parameter_stride(const Ort::ConstValue& value, const char* name, int64_t channels) {
+int64_t parameter_stride(const char* op, const Ort::ConstValue& value, const char* name, int64_t channels) {
   const size_t count = value.GetTensorTypeAndShapeInfo().GetElementCount();
   if (count == 1) return 0;
   if (static_cast<int64_t>(count) == channels) return 1;
-  fail(std::string(name) + " has " + std::to_string(count) + " elements; expected 1 or X.shape[1] = " +
+  fail(op, std::string(name) + " has " + std::to_string(count) + " elements; expected 1 or X.shape[1] = " +
        std::to_string(channels));
 }
 
@@ -78,13 +75,13 @@ struct Call {
   const void* x = nullptr;
   void* y = nullptr;
 
-  Call(OrtKernelContext* context, int64_t steps) {
+  Call(OrtKernelContext* context, int64_t steps, const char* op) {
     Ort::KernelContext ctx(context);
     const Ort::ConstValue x_value = ctx.GetInput(0);
     const std::vector<int64_t> shape = x_value.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty()) fail("X must have rank >= 1");
+    if (shape.empty()) fail(op, "X must have rank >= 1");
     if (shape[0] % steps != 0) {
-      fail("X.shape[0] = " + std::to_string(shape[0]) + " is not a multiple of T = " + std::to_string(steps));
+      fail(op, "X.shape[0] = " + std::to_string(shape[0]) + " is not a multiple of T = " + std::to_string(steps));
     }
     int64_t inner = 1;
     for (size_t axis = 2; axis < shape.size(); ++axis) inner *= shape[axis];
@@ -96,9 +93,9 @@ struct Call {
     params = {theta_pre.GetTensorRawData(),
               theta_post.GetTensorRawData(),
               psi.GetTensorRawData(),
-              parameter_stride(theta_pre, "theta_pre", channels),
-              parameter_stride(theta_post, "theta_post", channels),
-              parameter_stride(psi, "psi", channels)};
+              parameter_stride(op, theta_pre, "theta_pre", channels),
+              parameter_stride(op, theta_post, "theta_post", channels),
+              parameter_stride(op, psi, "psi", channels)};
     x = x_value.GetTensorRawData();
     y = ctx.GetOutput(0, shape).GetTensorMutableRawData();
   }
@@ -120,46 +117,96 @@ struct CpuStorage<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> {
   using type = _Float16;
 };
 
-/// The CPUExecutionProvider kernel, parallel over chunks of neurons on ORT's intra-op thread
-/// pool. It covers every type the model-local function runs with on the CPU (a registered
-/// library replaces the function for all of them).
-template <ONNXTensorElementDataType Type>
+/// snn.ParallelSpike: the op's name, what a kernel instance fixes when the session creates it
+/// (T and the algorithm), and its CPU and CUDA kernels.
+struct ParallelSpike {
+  static constexpr const char* kName = "ParallelSpike";
+  struct Config {
+    int64_t steps;
+    Algorithm algorithm;
+  };
+
+  static Config configure(const OrtKernelInfo* info) {
+    return {steps_attribute(info, kName), algorithm_from_environment(kName)};
+  }
+
+  template <typename S>
+  static void cpu(const S* x, const Params<S>& params, S* y, const Geometry& geometry, const Config& config,
+                  int64_t begin, int64_t end) {
+    parallel_spike_cpu(x, params, y, geometry, config.algorithm, begin, end);
+  }
+
+#if SNNCC_WITH_CUDA
+  static const char* cuda(cuda::DType dtype, const void* x, const Params<void>& params, void* y,
+                          const Geometry& geometry, void* stream, const Config& /*config*/) {
+    return cuda::launch_parallel_spike(dtype, x, params, y, geometry, stream);  // binary search always
+  }
+#endif
+};
+
+/// snn.SerialIF: the integrate-and-fire neuron, run step by step; float32 only (as its function).
+struct SerialIF {
+  static constexpr const char* kName = "SerialIF";
+  struct Config {
+    int64_t steps;
+  };
+
+  static Config configure(const OrtKernelInfo* info) { return {steps_attribute(info, kName)}; }
+
+  static void cpu(const float* x, const Params<float>& params, float* y, const Geometry& geometry,
+                  const Config& /*config*/, int64_t begin, int64_t end) {
+    serial_if_cpu(x, params, y, geometry, begin, end);
+  }
+
+#if SNNCC_WITH_CUDA
+  static const char* cuda(cuda::DType dtype, const void* x, const Params<void>& params, void* y,
+                          const Geometry& geometry, void* stream, const Config& /*config*/) {
+    return cuda::launch_serial_if(dtype, x, params, y, geometry, stream);
+  }
+#endif
+};
+
+/// The CPUExecutionProvider kernel of op Op (ParallelSpike, SerialIF) for element type Type,
+/// parallel over chunks of neurons on ORT's intra-op thread pool. An op's CPU kernels cover every
+/// type its model-local function runs with on the CPU (a registered library replaces the
+/// function for all of them).
+template <typename Op, ONNXTensorElementDataType Type>
 struct CpuKernel {
   using S = typename CpuStorage<Type>::type;
+  using OpType = Op;
   static constexpr const char* kProvider = "CPUExecutionProvider";
   static constexpr ONNXTensorElementDataType kType = Type;
-  NeuronConfig config;
+  typename Op::Config config;
 
   struct Work {
     const S* x;
     Params<S> params;
     S* y;
     Geometry geometry;
-    Algorithm algorithm;
+    typename Op::Config config;
     int64_t item_neurons;  // neurons per work item, a multiple of kCpuChunk
   };
 
   static void run_item(void* data, size_t item) {
     const auto& w = *static_cast<const Work*>(data);
     const int64_t begin = static_cast<int64_t>(item) * w.item_neurons;
-    parallel_spike_cpu(w.x, w.params, w.y, w.geometry, w.algorithm, begin,
-                       std::min(begin + w.item_neurons, w.geometry.neurons));
+    Op::cpu(w.x, w.params, w.y, w.geometry, w.config, begin, std::min(begin + w.item_neurons, w.geometry.neurons));
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, config.steps);
+      const Call call(context, config.steps, Op::kName);
       const Params<void>& p = call.params;
       Work work{static_cast<const S*>(call.x),
                 {static_cast<const S*>(p.theta_pre), static_cast<const S*>(p.theta_post),
                  static_cast<const S*>(p.psi), p.theta_pre_stride, p.theta_post_stride, p.psi_stride},
                 static_cast<S*>(call.y),
                 call.geometry,
-                config.algorithm,
+                config,
                 0};
       // Work items of whole chunks: up to 16 each, so that most chunks overlap their reads with
-      // the previous chunk's writes, yet 64 items or more where there are enough chunks, so that
-      // any thread count gets balanced work.
+      // the previous chunk's writes (ParallelSpike), yet 64 items or more where there are enough
+      // chunks, so that any thread count gets balanced work.
       const int64_t chunks = (call.geometry.neurons + kCpuChunk - 1) / kCpuChunk;
       work.item_neurons = std::clamp<int64_t>(chunks / 64, 1, 16) * kCpuChunk;
       const int64_t items = (call.geometry.neurons + work.item_neurons - 1) / work.item_neurons;
@@ -169,41 +216,43 @@ struct CpuKernel {
 };
 
 #if SNNCC_WITH_CUDA
-/// The CUDAExecutionProvider kernel, enqueued on ORT's compute stream (binary search always).
-template <ONNXTensorElementDataType Type>
+/// The CUDAExecutionProvider kernel of op Op for element type Type, enqueued on ORT's compute
+/// stream.
+template <typename Op, ONNXTensorElementDataType Type>
 struct CudaKernel {
+  using OpType = Op;
   static constexpr const char* kProvider = "CUDAExecutionProvider";
   static constexpr ONNXTensorElementDataType kType = Type;
-  NeuronConfig config;
+  typename Op::Config config;
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, config.steps);
+      const Call call(context, config.steps, Op::kName);
       const auto dtype = Type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? cuda::DType::kFloat16 : cuda::DType::kFloat32;
       void* stream = Ort::KernelContext(context).GetGPUComputeStream();
-      if (const char* error = cuda::launch_parallel_spike(dtype, call.x, call.params, call.y, call.geometry, stream)) {
-        throw Ort::Exception(std::string("snn.ParallelSpike CUDA launch failed: ") + error, ORT_EP_FAIL);
+      if (const char* error = Op::cuda(dtype, call.x, call.params, call.y, call.geometry, stream, config)) {
+        throw Ort::Exception(std::string(kDomain) + "." + Op::kName + " CUDA launch failed: " + error, ORT_EP_FAIL);
       }
     });
   }
 };
 #endif
 
-/// snn.ParallelSpike for one (execution provider, element type) pair: all four inputs and the
-/// output share the type; the output has X's shape.
+/// A neuron op (ParallelSpike, SerialIF) for one (execution provider, element type) pair: all
+/// four inputs and the output share the type; the output has X's shape.
 template <typename Kernel>
-struct ParallelSpikeOp : Ort::CustomOpBase<ParallelSpikeOp<Kernel>, Kernel, /*WithStatus=*/true> {
+struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return guarded([&] { *kernel = new Kernel{NeuronConfig(info)}; });
+    return guarded([&] { *kernel = new Kernel{Kernel::OpType::configure(info)}; });
   }
-  const char* GetName() const { return kOpType; }
+  const char* GetName() const { return Kernel::OpType::kName; }
   const char* GetExecutionProviderType() const { return Kernel::kProvider; }
   size_t GetInputTypeCount() const { return 4; }
   ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return Kernel::kType; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return Kernel::kType; }
 
-  ParallelSpikeOp() { this->InferOutputShapeFn = output_like_x; }
+  NeuronOp() { this->InferOutputShapeFn = output_like_x; }
 
   /// Y has X's type and shape. ORT merges the ops of one name into one schema that uses one
   /// op's function for every type, so the type comes from X, not from Kernel. The shape is passed
@@ -226,24 +275,34 @@ struct ParallelSpikeOp : Ort::CustomOpBase<ParallelSpikeOp<Kernel>, Kernel, /*Wi
 };
 
 void add_domain(OrtSessionOptions* options) {
-  static ParallelSpikeOp<CpuKernel<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT>> cpu_float;
-  static ParallelSpikeOp<CpuKernel<ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE>> cpu_double;
-  static ParallelSpikeOp<CpuKernel<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16>> cpu_half;
+  constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  constexpr auto kDouble = ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
+  constexpr auto kHalf = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
+  // Every (provider, type) pair that the op's model-local function runs with: ParallelSpike's
+  // function is typed by X, SerialIF's Scan body is float32 only. On CUDA, the types the
+  // compiler can emit (float32) and, for ParallelSpike, float16.
+  static NeuronOp<CpuKernel<ParallelSpike, kFloat>> parallel_cpu_float;
+  static NeuronOp<CpuKernel<ParallelSpike, kDouble>> parallel_cpu_double;
+  static NeuronOp<CpuKernel<ParallelSpike, kHalf>> parallel_cpu_half;
+  static NeuronOp<CpuKernel<SerialIF, kFloat>> serial_cpu_float;
 #if SNNCC_WITH_CUDA
-  static ParallelSpikeOp<CudaKernel<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT>> cuda_float;
-  static ParallelSpikeOp<CudaKernel<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16>> cuda_half;
+  static NeuronOp<CudaKernel<ParallelSpike, kFloat>> parallel_cuda_float;
+  static NeuronOp<CudaKernel<ParallelSpike, kHalf>> parallel_cuda_half;
+  static NeuronOp<CudaKernel<SerialIF, kFloat>> serial_cuda_float;
 #endif
   // Sessions keep pointers to their domain, so every domain lives as long as the library.
   static std::mutex mutex;
   static std::vector<Ort::CustomOpDomain> domains;
 
   Ort::CustomOpDomain domain(kDomain);
-  domain.Add(&cpu_float);
-  domain.Add(&cpu_double);
-  domain.Add(&cpu_half);
+  domain.Add(&parallel_cpu_float);
+  domain.Add(&parallel_cpu_double);
+  domain.Add(&parallel_cpu_half);
+  domain.Add(&serial_cpu_float);
 #if SNNCC_WITH_CUDA
-  domain.Add(&cuda_float);
-  domain.Add(&cuda_half);
+  domain.Add(&parallel_cuda_float);
+  domain.Add(&parallel_cuda_half);
+  domain.Add(&serial_cuda_float);
 #endif
   Ort::UnownedSessionOptions(options).Add(domain);
   const std::lock_guard<std::mutex> lock(mutex);

@@ -1,0 +1,84 @@
+// Pieces shared by the CPU kernels (no ONNX Runtime dependency): the chunk size, the arithmetic
+// type, the per-channel parameter gather and the output row store.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <type_traits>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "layout.h"
+
+namespace snncc {
+
+/// Neurons per work item: a work item reads T rows of this many contiguous values (16 KiB of
+/// float32: long enough for the hardware prefetchers, small enough for its arrays to stay in L2).
+constexpr int64_t kCpuChunk = 4096;
+
+/// Arithmetic type for storage type S: float32 for float and _Float16 (IEEE binary16), double for
+/// double.
+template <typename S>
+using CpuMath = std::conditional_t<std::is_same_v<S, double>, double, float>;
+
+/// out[j] = values[channel of neuron first + j] for j < n, as F; stride 0 broadcasts values[0].
+/// Works in runs of consecutive neurons: runs of one channel (inner > 1) or of consecutive
+/// channels (inner == 1), so that every inner loop is a fill or a copy.
+template <typename S, typename F>
+void gather(const S* values, int64_t stride, const Geometry& g, int64_t first, int64_t n, F* out) {
+  if (stride == 0) {
+    std::fill(out, out + n, static_cast<F>(values[0]));
+    return;
+  }
+  int64_t channel = (first / g.inner) % g.channels;
+  int64_t offset = first % g.inner;
+  for (int64_t j = 0; j < n;) {
+    if (g.inner == 1) {
+      const int64_t run = std::min(g.channels - channel, n - j);
+      for (int64_t k = 0; k < run; ++k) out[j + k] = static_cast<F>(values[channel + k]);
+      j += run;
+      channel = 0;
+    } else {
+      const int64_t run = std::min(g.inner - offset, n - j);
+      std::fill(out + j, out + j + run, static_cast<F>(values[channel]));
+      j += run;
+      offset = 0;
+      if (++channel == g.channels) channel = 0;
+    }
+  }
+}
+
+/// Outputs at least this large are written with non-temporal stores: they cannot stay in cache
+/// anyway, and streaming saves reading every line before writing it (as large memcpy does).
+constexpr int64_t kStreamBytes = int64_t{16} << 20;
+
+/// Whether a call writes its output with non-temporal stores (see kStreamBytes).
+template <typename S>
+bool streams_output(const Geometry& g) {
+  return g.steps * g.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
+}
+
+/// dst[j] = src[j] for j < n; non-temporal stores where `stream` and the type allows.
+template <typename S>
+void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool stream) {
+  int64_t j = 0;
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<S, float>) {
+    if (stream) {
+      for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
+      for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
+    }
+  }
+#endif
+  std::copy(src + j, src + n, dst + j);
+}
+
+/// Orders a range's non-temporal stores before the caller signals completion.
+inline void finish_stores() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
+}  // namespace snncc

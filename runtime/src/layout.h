@@ -1,0 +1,34 @@
+// How a kernel call sees its tensors, shared by every kernel of the `snn` op library (CPU and CUDA).
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define SNNCC_HOST_DEVICE __host__ __device__ __forceinline__
+#else
+#define SNNCC_HOST_DEVICE inline
+#endif
+
+namespace snncc {
+
+/// One call: X is [T*B, C, ...] time-major, viewed as [T, neurons]; neuron i has channel
+/// (i / inner) % channels.
+struct Geometry {
+  int64_t steps;     // T
+  int64_t neurons;   // elements per step: B * C * inner
+  int64_t channels;  // X.shape[1] (1 for rank-1 X)
+  int64_t inner;     // prod(X.shape[2:])
+};
+
+/// Per-channel parameters: element c * stride of each array, stride 0 (one value) or 1 ([C]).
+template <typename P>
+struct Params {
+  const P* theta_pre;
+  const P* theta_post;
+  const P* psi;
+  int64_t theta_pre_stride;
+  int64_t theta_post_stride;
+  int64_t psi_stride;
+};
+
+}  // namespace snncc

@@ -1,0 +1,60 @@
+// CPU kernel of snn.SerialIF. A range of neurons is processed in chunks of kCpuChunk neurons
+// whose membranes (and gathered parameters) stay in a thread's cache-resident scratch; the steps
+// run in order in the outer loop, the neurons of the chunk in the inner one, which reads one row
+// of currents, applies integrate_and_fire (serial_if.h: no branch, so it vectorises)
+// and writes one output row.
+#include "serial_if_cpu.h"
+
+#include <algorithm>
+#include <memory>
+
+#include "cpu_common.h"
+#include "serial_if.h"
+
+namespace snncc {
+namespace {
+
+/// Per-thread working memory (too large for every thread's stack): one chunk's state and one
+/// output row, built in cache and then stored.
+struct Scratch {
+  alignas(64) float membrane[kCpuChunk];
+  alignas(64) float theta_pre[kCpuChunk];
+  alignas(64) float theta_post[kCpuChunk];
+  alignas(64) float psi[kCpuChunk];
+  alignas(64) float out[kCpuChunk];
+};
+
+/// One step of n neurons: integrates row x into the membranes and writes the spikes into out.
+void step(const float* __restrict x, Scratch& s, int64_t n) {
+  float* __restrict membrane = s.membrane;
+  const float* __restrict theta_pre = s.theta_pre;
+  const float* __restrict theta_post = s.theta_post;
+  const float* __restrict psi = s.psi;
+  float* __restrict out = s.out;
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = if_fired(integrate_and_fire(membrane[j], x[j], theta_pre[j], psi[j]), theta_post[j]);
+  }
+}
+
+}  // namespace
+
+void serial_if_cpu(const float* x, const Params<float>& params, float* y, const Geometry& geometry, int64_t begin,
+                   int64_t end) {
+  thread_local const std::unique_ptr<Scratch> scratch = std::make_unique<Scratch>();
+  Scratch& s = *scratch;
+  const bool stream = streams_output<float>(geometry);
+  for (int64_t first = begin; first < end; first += kCpuChunk) {
+    const int64_t n = std::min(kCpuChunk, end - first);
+    gather(params.theta_pre, params.theta_pre_stride, geometry, first, n, s.theta_pre);
+    gather(params.theta_post, params.theta_post_stride, geometry, first, n, s.theta_post);
+    gather(params.psi, params.psi_stride, geometry, first, n, s.psi);
+    for (int64_t j = 0; j < n; ++j) s.membrane[j] = initial_membrane(s.theta_pre[j]);
+    for (int64_t t = 0; t < geometry.steps; ++t) {
+      step(x + t * geometry.neurons + first, s, n);
+      store_row(y + t * geometry.neurons + first, s.out, n, stream);
+    }
+  }
+  finish_stores();
+}
+
+}  // namespace snncc
