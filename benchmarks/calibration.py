@@ -1,8 +1,10 @@
 """Cost of calibration against plain ANN inference over the same samples, side by side in one run.
 
-For a ReLU model: the ANN's inference over N calibration samples; threshold recording (max and
-p99.9); DA-QCFS calibration (Algorithm 1, both paths in one ONNX Runtime graph); and the whole
-`compile --calib` (all of the above plus the passes). Reported as seconds and as ratios to ANN
+For a ReLU model: the ANN's inference over N calibration samples; threshold recording (max alone;
+max plus the reference path's per-batch means, the one pass `compile --calib` makes before
+calibrating; p99.9); the separate reference pass that thresholds other than the maximum need;
+DA-QCFS calibration (Algorithm 1: the actual path in one ONNX Runtime graph); and the whole
+`compile --calib` (recording + calibration + the passes). Reported as seconds and as ratios to ANN
 inference. The issue's goal: calibrating 10k Fashion-MNIST samples costs under ~3x ANN inference.
 
     python benchmarks/calibration.py [--model models/fmnist_relu_vgg.onnx] [--samples 10000]
@@ -23,6 +25,7 @@ import onnx
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import RECORDING_BATCH, CalibrationOptions
+from snncc.calibration.reference_means import ReferenceMeans, record_reference_means
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.compiler import CompileOptions, analyse_activations, compile_model, to_ir
 from snncc.data import load
@@ -59,11 +62,16 @@ def main() -> None:
     analysed = analyse_activations(to_ir(ann))
     rows["threshold recording (max)"], recorded = timed(
         lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH))
+    reference = ReferenceMeans(analysed, len(x), args.batch_size)
+    rows["threshold recording (max) + reference means"], _ = timed(
+        lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH, means=reference))
     rows["threshold recording (p99.9)"], _ = timed(
         lambda: record_thresholds(analysed, data, ThresholdMode.parse("p99.9"), RECORDING_BATCH))
     thetas = reference_thresholds(analysed, recorded)
+    rows["reference means alone (non-max thresholds)"], _ = timed(lambda: record_reference_means(
+        analysed, thetas, data, ReferenceMeans(analysed, len(x), args.batch_size), RECORDING_BATCH))
     rows[f"DA-QCFS calibration (T={args.steps})"], _ = timed(
-        lambda: calibrate(analysed, data, thetas, args.steps, 0.99, args.batch_size))
+        lambda: calibrate(analysed, data, thetas, args.steps, reference, 0.99))
     options = CompileOptions(steps=args.steps, calibration_data=data, calibration=CalibrationOptions(batch_size=args.batch_size))
     rows[f"compile --calib (max + DA-QCFS, T={args.steps})"], _ = timed(lambda: compile_model(ann, options))
 

@@ -126,6 +126,29 @@ def da_qcfs_activation(steps: int) -> EmitActivation:
     return emit
 
 
+# Values to output for one activation node, built with the builder before the activation is replaced.
+Probe = Callable[[ir.Node, ActivationBuilder], list[ir.Value]]
+
+
+def probe_model(analysed: ir.Model, emit: EmitActivation, probe: Probe) -> tuple[onnx.ModelProto, list[list[str]]]:
+    """The model with activations built by `emit` and, as extra outputs, what `probe` adds for each
+    activation node; returns the proto and the output names per activation, in graph order. A
+    probe of an activation's output sees the value `emit` builds in its place."""
+    model = copy_model(analysed)
+    graph = model.graph
+    names = NameGenerator(graph)
+    probes = []
+    for node in [n for n in graph if is_activation(n)]:
+        builder = ActivationBuilder(graph, names, node.inputs[0], f"{node.name}.probe")
+        probes.append(probe(node, builder))
+        graph.extend(builder.tape.nodes)
+    replace_activations(model, emit)
+    for values in probes:
+        graph.outputs.extend(v for v in values if v not in graph.outputs)
+    proto = to_runnable_proto(model)
+    return proto, [[v.name for v in values] for values in probes]
+
+
 def quantised_ann(analysed: ir.Model, steps: int) -> onnx.ModelProto:
     """The (DA-)QCFS ANN that a compiled SNN with these neuron parameters equals exactly."""
     model = copy_model(analysed)

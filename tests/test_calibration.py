@@ -18,26 +18,33 @@ from snncc.calibration.pipeline import CalibrationOptions
 from snncc.calibration.thresholds import ThresholdMode
 from snncc.compiler import CompileOptions, compile_model
 from snncc.errors import SnnccError
+from models.qcfs import QCFS
 from tests import nets
 
 
 class Tiny(nn.Module):
-    """1x1 conv (per-channel neurons on a rank-4 tensor) -> ReLU -> Linear -> ReLU6 -> Linear."""
+    """1x1 conv (per-channel neurons on a rank-4 tensor) -> ReLU -> Linear -> ReLU6 -> Linear;
+    with `qcfs`, both activations are QCFS (θ 1.0 and 2.5, T̃ = 4) instead."""
 
-    def __init__(self):
+    def __init__(self, qcfs: bool = False):
         super().__init__()
         torch.manual_seed(3)
         self.conv = nn.Conv2d(1, 4, 1)
         self.fc1 = nn.Linear(4 * 4 * 4, 6)
         self.fc2 = nn.Linear(6, 3)
+        self.act1 = QCFS(QCFS_LEVELS, QCFS_THETAS[0]) if qcfs else nn.ReLU()
+        self.act2 = QCFS(QCFS_LEVELS, QCFS_THETAS[1]) if qcfs else nn.ReLU6()
         with torch.no_grad():
             self.conv.bias.fill_(0.2)
             self.fc1.bias.fill_(0.3)
 
     def forward(self, x):
-        h = torch.relu(self.conv(x))
-        h = torch.clamp(self.fc1(torch.flatten(h, 1)), 0, 6)
+        h = self.act1(self.conv(x))
+        h = self.act2(self.fc1(torch.flatten(h, 1)))
         return self.fc2(h)
+
+
+QCFS_LEVELS, QCFS_THETAS = 4, (1.0, 2.5)
 
 
 def _export(model) -> onnx.ModelProto:
@@ -96,13 +103,21 @@ def _da_qcfs(z, theta, phi, psi, steps):
     return (theta + phi) / steps * np.clip(np.floor(((z + psi) * steps + theta / 2) / theta), 0, steps)
 
 
-def _algorithm_1(model: Tiny, x, steps, momentum, batch_size):
-    """Algorithm 1 written from the paper: ψ, φ per layer, per channel, batch by batch."""
+def _qcfs(z, theta, levels):
+    return theta / levels * np.floor(np.clip(z / theta, 0, 1) * levels + 0.5)
+
+
+def _algorithm_1(model: Tiny, x, steps, momentum, batch_size, thetas=None, qcfs=False):
+    """Algorithm 1 written from the paper: ψ, φ per layer, per channel, batch by batch. θ: the
+    per-channel maxima (ReLU6 capped at 6) unless given; the reference activation g_OA is
+    ClipReLU at θ, or the ANN's QCFS."""
     conv, fc1 = _numpy_layers(model)
-    theta1 = conv(x).max(axis=(0, 2, 3))
-    theta2 = np.minimum(fc1(np.maximum(conv(x), 0)).max(axis=0), 6.0)
-    state = [dict(psi=np.zeros(4), phi=np.zeros(4), theta=theta1, axes=(0, 2, 3), shape=(1, -1, 1, 1)),
-             dict(psi=np.zeros(6), phi=np.zeros(6), theta=theta2, axes=(0,), shape=(1, -1))]
+    if qcfs:
+        thetas = [np.full(4, QCFS_THETAS[0]), np.full(6, QCFS_THETAS[1])]
+    elif thetas is None:
+        thetas = [conv(x).max(axis=(0, 2, 3)), np.minimum(fc1(np.maximum(conv(x), 0)).max(axis=0), 6.0)]
+    state = [dict(psi=np.zeros(4), phi=np.zeros(4), theta=thetas[0], axes=(0, 2, 3), shape=(1, -1, 1, 1)),
+             dict(psi=np.zeros(6), phi=np.zeros(6), theta=thetas[1], axes=(0,), shape=(1, -1))]
     for start in range(0, len(x), batch_size):
         batch = x[start:start + batch_size].astype(np.float64)
         z_ref = z_act = conv(batch)
@@ -110,7 +125,7 @@ def _algorithm_1(model: Tiny, x, steps, momentum, batch_size):
             shape = layer["shape"]
             layer["psi"] = momentum * layer["psi"] + (1 - momentum) * (z_ref - z_act).mean(axis=layer["axes"])
             theta, phi, psi = (layer[k].reshape(shape) for k in ("theta", "phi", "psi"))
-            r_ref = np.clip(z_ref, 0, theta)
+            r_ref = _qcfs(z_ref, theta, QCFS_LEVELS) if qcfs else np.clip(z_ref, 0, theta)
             r_act = _da_qcfs(z_act, theta, phi, psi, steps)
             layer["phi"] = momentum * layer["phi"] + (1 - momentum) * (r_ref - r_act).mean(axis=layer["axes"])
             if index == 0:
@@ -118,16 +133,22 @@ def _algorithm_1(model: Tiny, x, steps, momentum, batch_size):
     return state
 
 
-@pytest.mark.parametrize("steps", [2, 4, 8])
-def test_da_qcfs_calibration_equals_numpy_algorithm_1(steps):
-    model = Tiny()
+@pytest.mark.parametrize("steps,case", [(2, "max"), (4, "max"), (8, "max"), (2, "p90"), (4, "p95"), (2, "qcfs"), (8, "qcfs")])
+def test_da_qcfs_calibration_equals_numpy_algorithm_1(steps, case):
+    """Max thresholds take the reference means from the recording pass; percentile thresholds
+    and QCFS references from a reference pass of their own."""
+    qcfs = case == "qcfs"
+    model = Tiny(qcfs=qcfs)
     x = _data(seed=steps)
+    threshold = ThresholdMode.parse("max" if qcfs else case)
     options = CompileOptions(steps=steps, calibration_data=CalibrationData(x, "test"),
-                             calibration=CalibrationOptions(momentum=0.9, batch_size=50))
+                             calibration=CalibrationOptions(threshold, da_qcfs=True, momentum=0.9, batch_size=50))
     result = compile_model(_export(model), options)
-    assert {layer.case for layer in result.layers} == {"relu-da-qcfs"}
-    reference = _algorithm_1(model, x, steps, 0.9, 50)
-    for got, expected in zip(_neuron_params(result.model), reference):
+    assert {layer.case for layer in result.layers} == {"qcfs-da-qcfs" if qcfs else "relu-da-qcfs"}
+    got_layers = _neuron_params(result.model)
+    thetas = [layer["theta_pre"].astype(np.float64) for layer in got_layers] if case.startswith("p") else None
+    reference = _algorithm_1(model, x, steps, 0.9, 50, thetas, qcfs)
+    for got, expected in zip(got_layers, reference):
         assert np.allclose(got["theta_pre"], expected["theta"], atol=1e-6)
         assert np.allclose(got["psi"], expected["psi"], atol=1e-5)
         assert np.allclose(got["theta_post"] - got["theta_pre"], expected["phi"], atol=1e-5)

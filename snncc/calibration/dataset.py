@@ -61,6 +61,16 @@ class CalibrationData:
         for start in range(0, len(self.x), batch_size):
             yield np.ascontiguousarray(self.x[start:start + batch_size], dtype=np.float32)
 
+    def run(self, proto, names: list[str], batch_size: int, label: str) -> Iterator[list[np.ndarray]]:
+        """The outputs `names` of the model `proto` (stock ops, one input) for each batch, in order."""
+        from snncc.evaluate import progress
+        from snncc.session import make_session
+
+        session = make_session(proto, native=False)
+        input_name = session.get_inputs()[0].name
+        for batch in progress(list(self.batches(batch_size)), label):
+            yield session.run(names, {input_name: batch})
+
     def digest(self) -> str:
         h = hashlib.sha256()
         for batch in self.batches(4096):

@@ -18,10 +18,11 @@ import onnx_ir as ir
 
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.reference_means import ReferenceMeans, record_reference_means
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.passes._activation import QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
 
-# Recorded thresholds do not depend on the batch size, so recording uses large batches.
+# Recorded thresholds and reference means do not depend on the batch size: large batches.
 RECORDING_BATCH = 256
 
 CASE_RELU_THRESHOLDS = "relu-thresholds"
@@ -50,15 +51,18 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
     """Record thresholds and run DA-QCFS calibration as the activations need; returns a summary."""
     activations = [n for n in model.graph if is_activation(n)]
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
-    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps)
+    targets = [n for n in activations if read_activation(n).kind != QCFS or get_parameters(n).case != "qcfs-lossless"]
+    run_da_qcfs = (options.da_qcfs if options.da_qcfs is not None else uses_relu) and bool(targets)
+    reference = ReferenceMeans(model, len(data.x), options.batch_size) if run_da_qcfs else None
+    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, reference)
     for node in activations:
         if node.name in recorded:
             set_parameters(node, _silent_safe(recorded[node.name]))
-    targets = [n for n in activations if read_activation(n).kind != QCFS or get_parameters(n).case != "qcfs-lossless"]
-    run_da_qcfs = (options.da_qcfs if options.da_qcfs is not None else uses_relu) and bool(targets)
     if run_da_qcfs:
         thetas = reference_thresholds(model, recorded)
-        layers = calibrate(model, data, thetas, steps, options.momentum, options.batch_size)
+        if not reference.complete:  # thresholds other than the maximum, or none recorded
+            record_reference_means(model, thetas, data, reference, RECORDING_BATCH)
+        layers = calibrate(model, data, thetas, steps, reference, options.momentum)
         for node in targets:
             theta, layer = thetas[node.name], layers[node.name]
             active = theta > 0

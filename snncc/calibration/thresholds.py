@@ -18,10 +18,10 @@ import re
 import numpy as np
 import onnx_ir as ir
 
-from snncc.ann_graph import OpBuilder, copy_model, original_activation, replace_activations, to_runnable_proto
+from snncc.ann_graph import ActivationBuilder, original_activation, probe_model
 from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.reference_means import ReferenceMeans
 from snncc.errors import SnnccError
-from snncc.evaluate import progress
 from snncc.passes._activation import CLIP, RELU, is_activation, read_activation
 
 HISTOGRAM_BINS = 4096
@@ -55,46 +55,38 @@ def _channel_axes(rank: int) -> list[int]:
     return [a for a in range(rank) if a != 1]
 
 
-def _probe_model(analysed: ir.Model, nodes: list[ir.Node], reduce_max: bool):
-    """The ANN with, per node, its input's per-channel maximum (or the input itself) as extra outputs."""
-    model = copy_model(analysed)
-    targets = {n.name for n in nodes}
-    graph = model.graph
-    tape = OpBuilder(graph)
-    probes = []
-    for node in [n for n in graph if is_activation(n) and n.name in targets]:
-        z = node.inputs[0]
-        if reduce_max:
-            axes = ir.Value(name=f"{node.name}.axes", const_value=ir.tensor(np.array(_channel_axes(len(z.shape)), np.int64)))
-            graph.register_initializer(axes)
-            z = tape.ReduceMax(z, axes, keepdims=0)
-        probes.append(z)
-    graph.extend(tape.nodes)
-    replace_activations(model, original_activation)
-    graph.outputs.extend(v for v in probes if v not in graph.outputs)
-    proto = to_runnable_proto(model)
-    return proto, [v.name for v in probes]
-
-
-def _run(proto, names: list[str], data: CalibrationData, batch_size: int, label: str):
-    from snncc.session import make_session
-
-    session = make_session(proto, native=False)
-    input_name = session.get_inputs()[0].name
-    for batch in progress(list(data.batches(batch_size)), label):
-        yield session.run(names, {input_name: batch})
+def _channel_maximum(b: ActivationBuilder) -> ir.Value:
+    axes = np.array(_channel_axes(len(b.x.shape)), np.int64)
+    return b.tape.ReduceMax(b.x, b.initializer(axes), keepdims=0)
 
 
 def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: ThresholdMode, batch_size: int = 256,
-                      steps: int | None = None) -> dict[str, np.ndarray]:
-    """Per-channel θ for every ReLU/Clip activation of the analysed model (`steps`: T, for 'mse')."""
+                      steps: int | None = None, means: ReferenceMeans | None = None) -> dict[str, np.ndarray]:
+    """Per-channel θ for every ReLU/Clip activation of the analysed model (`steps`: T, for 'mse').
+
+    With the maximum as threshold, the pass also fills `means` when given: the ANN it runs is then
+    the reference path of DA-QCFS calibration."""
     nodes = [n for n in analysed.graph if is_activation(n) and read_activation(n).kind in (RELU, CLIP)]
     if not nodes:
         return {}
-    proto, names = _probe_model(analysed, nodes, reduce_max=True)
+    targets = {n.name for n in nodes}
+    means = means if not mode.needs_histograms() else None
+
+    def probe(node: ir.Node, b: ActivationBuilder) -> list[ir.Value]:
+        mean_pair = means.probe(node, b) if means is not None else []
+        return mean_pair + ([_channel_maximum(b)] if node.name in targets else [])
+
+    proto, names = probe_model(analysed, original_activation, probe)
+    activations = [n.name for n in analysed.graph if is_activation(n)]
+    maximum_names = [group[-1] for name, group in zip(activations, names) if name in targets]
+    mean_names = [n for group in names for n in group[:2]] if means is not None else []
     maxima = None
-    for outputs in _run(proto, names, data, batch_size, "recording thresholds"):
-        maxima = outputs if maxima is None else [np.maximum(a, b) for a, b in zip(maxima, outputs)]
+    for outputs in data.run(proto, maximum_names + mean_names, batch_size, "recording thresholds"):
+        found = outputs[:len(maximum_names)]
+        maxima = found if maxima is None else [np.maximum(a, b) for a, b in zip(maxima, found)]
+        if means is not None:
+            pairs = outputs[len(maximum_names):]
+            means.add({name: pairs[2 * i:2 * i + 2] for i, name in enumerate(means.names)})
     tops = [np.maximum(m, 0).astype(np.float32) for m in maxima]
     clips = [np.float32(read_activation(n).clip_max) if read_activation(n).kind == CLIP else np.float32(np.inf) for n in nodes]
     if mode.needs_histograms():
@@ -110,9 +102,11 @@ def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: Threshold
 
 def _histograms(analysed, nodes, data, batch_size, maxima, label) -> list[np.ndarray]:
     """Per-channel histograms [C, BINS] of the positive inputs over [0, max_c]."""
-    proto, names = _probe_model(analysed, nodes, reduce_max=False)
+    targets = {n.name for n in nodes}
+    proto, names = probe_model(analysed, original_activation,
+                               lambda node, b: [b.x] if node.name in targets else [])
     counts = [np.zeros((m.size, HISTOGRAM_BINS), np.int64) for m in maxima]
-    for outputs in _run(proto, names, data, batch_size, f"recording {label} thresholds"):
+    for outputs in data.run(proto, [group[0] for group in names if group], batch_size, f"recording {label} thresholds"):
         for hist, z, top in zip(counts, outputs, maxima):
             channels = z.shape[1]
             values = np.moveaxis(z, 1, 0).reshape(channels, -1)
