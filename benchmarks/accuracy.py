@@ -56,6 +56,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+# The parallel-neuron cases; the serial-IF baseline (T times the ANN's cost per T) is in
+# benchmarks/speed.py's accuracy-matched comparison instead.
+VARIANTS = {"qcfs": ["qcfs", "qcfs+cal"], "relu": ["relu-thr", "relu+cal"]}
+
+
 def find_models(prefix: str, folder: Path) -> dict[str, Path | None]:
     qcfs = sorted(folder.glob(f"{prefix}_qcfs_*.onnx"))
     relu = sorted(folder.glob(f"{prefix}_relu_*.onnx"))
@@ -101,7 +106,7 @@ def run(args) -> dict:
             log(f"{title}: sweeping {source} over T={','.join(map(str, args.steps))} on {len(x)} test images")
             model = onnx.load(path)
             started = time.perf_counter()
-            sweep = run_sweep(model, source, args.steps, x, y, f"{dataset}:test", calibration,
+            sweep = run_sweep(model, source, args.steps, x, y, f"{dataset}:test", calibration, VARIANTS[kind],
                               batch_size=args.batch_size, fold_time=args.fold_time, echo=lambda line: log("  " + line))
             entry["models"][kind] = {**sweep.to_json(), "seconds": time.perf_counter() - started}
             if args.check_samples and args.fold_time:

@@ -163,7 +163,7 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
 @click.option("--calib", "calib_spec", help="Calibration data (needed for ReLU models and for QCFS + DA-QCFS at T ≠ T̃).")
 @click.option("--calib-samples", type=int, help="Use the first N calibration samples.")
 @click.option("--preprocess", help="For calibration image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
-@click.option("--variants", "variants_text", help="Comma-separated subset of: qcfs, qcfs+cal, relu-thr, relu+cal (default: all that apply).")
+@click.option("--variants", "variants_text", help="Comma-separated subset of: qcfs, qcfs+cal, qcfs-if, relu-thr, relu+cal, relu-if (default: all that apply).")
 @click.option("-o", "--output", "prefix", type=click.Path(path_type=Path),
               help="Output prefix: writes PREFIX.csv, PREFIX.json, PREFIX.png (default ./<model>.sweep).")
 @click.option("--fold-time", is_flag=True, help="Evaluate folded graphs (same outputs, synaptic layers run once).")

@@ -9,12 +9,14 @@ Variants (the cases of the paper's Table 2; rows of its Tables 3-4):
 | `qcfs+cal` | QCFS  | DA-QCFS calibration (Algorithm 1)                             | T ≠ T̃ and calibration data |
 | `relu-thr` | ReLU  | thresholds only (per-channel max), `CalibrationOptions(da_qcfs=False)` | calibration data |
 | `relu+cal` | ReLU  | thresholds + DA-QCFS calibration (training-free conversion)   | calibration data |
+| `qcfs-if`  | QCFS  | serial-IF baseline (`--neuron if`), the QCFS θ                 | always |
+| `relu-if`  | ReLU  | serial-IF baseline, thresholds only (the classic conversion)  | calibration data |
+
+The serial-IF columns always run time-expanded (their neurons depend on the order of the inputs,
+so they cannot be folded): they cost T times the ANN.
 
 Extension point: `VARIANTS` is the list of columns. Another column is one more `Variant` passed
-to `register_variant`, e.g. the serial-IF baseline::
-
-    register_variant(Variant("qcfs-if", "QCFS, serial IF", lambda info, T, calib: info.kind == "qcfs",
-                             lambda T, info: {"neuron": "if", "fold_time": False}))
+to `register_variant`.
 
 Invariant: every (T, variant) row is evaluated on the same inputs as the ANN, and the files hold
 exactly the rows of the printed table.
@@ -70,6 +72,11 @@ VARIANTS: list[Variant] = [
             lambda T, info: {"calibration": _calibration(da_qcfs=False)}, needs_calibration=True),
     Variant("relu+cal", "ReLU + DA-QCFS calibration", lambda info, T, calib: info.kind == RELU_KIND,
             lambda T, info: {"calibration": _calibration(da_qcfs=True)}, needs_calibration=True),
+    Variant("qcfs-if", "QCFS, serial IF baseline", lambda info, T, calib: info.kind == QCFS_KIND,
+            lambda T, info: {"neuron": "if", "fold_time": False}),
+    Variant("relu-if", "ReLU, serial IF baseline", lambda info, T, calib: info.kind == RELU_KIND,
+            lambda T, info: {"neuron": "if", "fold_time": False, "calibration": _calibration(da_qcfs=False)},
+            needs_calibration=True),
 ]
 
 

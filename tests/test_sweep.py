@@ -54,14 +54,15 @@ def test_sweep_qcfs_writes_table_csv_json_and_png(folder):
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = list(csv.DictReader((folder / "out.csv").open()))
-    # T = T̃ = 4: uncalibrated only (lossless); T = 2: with and without DA-QCFS
-    assert [(r["T"], r["variant"]) for r in rows] == [("2", "qcfs"), ("2", "qcfs+cal"), ("4", "qcfs")]
-    lossless = rows[-1]
+    # T = T̃ = 4: uncalibrated only (lossless); T = 2: with and without DA-QCFS; serial IF at both
+    assert [(r["T"], r["variant"]) for r in rows] == [("2", "qcfs"), ("2", "qcfs+cal"), ("2", "qcfs-if"),
+                                                      ("4", "qcfs"), ("4", "qcfs-if")]
+    lossless = rows[3]
     assert lossless["case"] == "qcfs-lossless" and float(lossless["agreement"]) == 1.0
     assert float(lossless["max_logit_diff"]) == 0.0
     report = json.loads((folder / "out.json").read_text())
-    assert report["model_kind"] == "qcfs" and report["levels"] == 4 and len(report["rows"]) == 3
-    assert report["rows"][-1]["top1"] == report["ann"]["top1"]
+    assert report["model_kind"] == "qcfs" and report["levels"] == 4 and len(report["rows"]) == 5
+    assert report["rows"][3]["top1"] == report["ann"]["top1"]
     png = (folder / "out.png").read_bytes()
     assert png.startswith(PNG_MAGIC) and len(png) > 1000
     from PIL import Image
@@ -80,8 +81,8 @@ def test_sweep_relu_thresholds_only_and_calibrated(folder):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((folder / "relu.csv").open()))
     assert [(r["T"], r["variant"], r["case"]) for r in rows] == [
-        ("4", "relu-thr", "relu-thresholds"), ("4", "relu+cal", "relu-da-qcfs"),
-        ("8", "relu-thr", "relu-thresholds"), ("8", "relu+cal", "relu-da-qcfs")]
+        ("4", "relu-thr", "relu-thresholds"), ("4", "relu+cal", "relu-da-qcfs"), ("4", "relu-if", "relu-thresholds"),
+        ("8", "relu-thr", "relu-thresholds"), ("8", "relu+cal", "relu-da-qcfs"), ("8", "relu-if", "relu-thresholds")]
     assert not (folder / "relu.png").exists()
 
 
@@ -98,7 +99,7 @@ def test_sweep_errors_are_one_line(folder):
 
 
 def test_a_registered_variant_becomes_a_column(folder, monkeypatch):
-    """The extension point another issue uses for the serial-IF baseline."""
+    """The extension point (the serial-IF columns are two such variants)."""
     monkeypatch.setattr(sweep, "VARIANTS", list(sweep.VARIANTS))
     sweep.register_variant(sweep.Variant("qcfs-folded", "QCFS, folded graph", lambda info, T, calib: info.kind == "qcfs",
                                          lambda T, info: {"fold_time": True}))
@@ -108,6 +109,6 @@ def test_a_registered_variant_becomes_a_column(folder, monkeypatch):
     data = np.load(folder / "test.npz")
     result = sweep.run_sweep(model, "qcfs.onnx", [4], data["x"][:40], data["y"][:40], "test.npz",
                              CalibrationData(np.load(folder / "calib.npz")["x"], "calib"), echo=lambda line: None)
-    assert [r.variant for r in result.rows] == ["qcfs", "qcfs-folded"]
-    assert result.rows[0].top1 == result.rows[1].top1 and result.rows[1].agreement == 1.0
+    assert [r.variant for r in result.rows] == ["qcfs", "qcfs-if", "qcfs-folded"]
+    assert result.rows[0].top1 == result.rows[2].top1 and result.rows[2].agreement == 1.0
     assert "qcfs-folded" in result.format_table()

@@ -62,6 +62,21 @@ def _channel_mean(b: ActivationBuilder, value: ir.Value, state_shape: ir.Value) 
     return b.tape.Reshape(b.tape.ReduceMean(value, axes, keepdims=1), state_shape)
 
 
+def _da_qcfs_per_channel(b: ActivationBuilder, theta: np.ndarray, active: np.ndarray, phi: ir.Value,
+                         psi: ir.Value, steps: int) -> ir.Value:
+    """DA-QCFS of b.x as clip(floor(x·T/θ + (ψ·T + θ/2)/θ), 0, T) · (θ+φ)/T, silent channels 0:
+    the per-channel factors are folded first, so five element-wise ops touch the full tensor. It
+    may round differently from the compiled SNN where a level boundary falls within float
+    rounding, which moves the batch means by far less than their sampling noise."""
+    t = b.tape
+    per_channel = lambda a: b.const(a.astype(np.float32))  # noqa: E731
+    offset = t.Div(t.Add(t.Mul(psi, b.const(float(steps), False)), per_channel(theta / 2)), per_channel(theta))
+    level = t.Floor(t.Add(t.Mul(b.x, per_channel(steps / theta)), offset))
+    level = t.Clip(level, b.const(0.0, False), b.const(float(steps), False))
+    scale = t.Mul(t.Add(per_channel(theta), phi), per_channel(active / steps))
+    return t.Mul(level, scale)
+
+
 def calibration_graph(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: int, momentum: float) -> tuple[onnx.ModelProto, list[str]]:
     """The actual path with DA-QCFS activations: inputs x, ψ/φ state and the reference means;
     outputs the updated state."""
@@ -80,9 +95,7 @@ def calibration_graph(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: 
         t = b.tape
         psi_new = t.Add(t.Mul(psi, b.const(keep, False)),
                         t.Mul(t.Sub(z_ref, _channel_mean(b, b.x, state_shape)), b.const(1 - keep, False)))
-        r_act = b.da_qcfs(b.x, np.where(active, theta, 1).astype(np.float32), phi, psi_new, steps)
-        if not active.all():
-            r_act = t.Mul(r_act, b.const(active.astype(np.float32)))
+        r_act = _da_qcfs_per_channel(b, np.where(active, theta, 1).astype(np.float32), active, phi, psi_new, steps)
         phi_new = t.Add(t.Mul(phi, b.const(keep, False)),
                         t.Mul(t.Sub(r_ref, _channel_mean(b, r_act, state_shape)), b.const(1 - keep, False)))
         psi_new.name, phi_new.name = f"{STATE_OUT}psi::{node.name}", f"{STATE_OUT}phi::{node.name}"

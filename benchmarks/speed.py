@@ -1,0 +1,494 @@
+"""SNN inference speed against the ANN and the serial-IF baseline, side by side in one run (issue #6).
+
+Three parts, each written to the JSON and to docs/performance.md (`--write-docs`):
+
+1. **Latency** of one forward pass on ONNX Runtime's CPU provider (fixed intra-op threads, no
+   spinning), per model, batch size and T, for:
+     ann              the ANN as given
+     parallel fn      expanded parallel SNN, snn.ParallelSpike as the model-local function
+     parallel native  the same graph with the native library registered
+     folded           `--fold-time`: synaptic layers run once on rates (snn.SpikeCount)
+     serial-IF fn     `--neuron if`, snn.SerialIF as the model-local function (a Scan)
+     serial-IF native the same graph with the native library
+     spikingjelly     the same architecture in torch, each activation replaced by SpikingJelly's
+                      multi-step IFNode (soft reset, membrane initialised to θ/2), run on [T·B]
+                      batches like the expanded SNN; random weights (`pip install --no-deps
+                      spikingjelly`; the column is empty when it is not installed)
+   Models: the bundled Fashion-MNIST models, and the QCFS paper's VGG-16 and ResNet-18 at 32×32
+   with random weights (speed does not depend on the weights: every layer is dense).
+   Each entry is the best of several runs (at least 2, more while the total stays under ~1 s).
+2. **Accuracy-matched speed** on the Fashion-MNIST ReLU model (1000 test images): the smallest T
+   at which the calibrated parallel SNN (max thresholds + DA-QCFS, calibration on 10k training
+   images) and the classic serial-IF conversion (max thresholds, membrane θ/2) each come within
+   1 point of the ANN, and the batch-1 latency ratio at those T. T = 1024 is tried first for serial
+   IF: if it does not get there, its ratio at T = 1024 is a lower bound.
+3. **Compile time** of ResNet-50 and DenseNet-121 (the onnx package's "light" test models, whose
+   ConstantOfShape weights are materialised as random initializers first) at T = 4, against a
+   plain `onnx.load` + `onnx.save` of the same file.
+
+    python benchmarks/speed.py [--models fmnist-qcfs,fmnist-relu,vgg16,resnet18] [--batches 1,32]
+        [--steps 4,8,16,32,64] [--threads 2] [--parts latency,matched,compile]
+        [--json out.json] [--write-docs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.pipeline import CalibrationOptions
+from snncc.calibration.thresholds import ThresholdMode
+from snncc.compiler import CompileOptions, compile_model
+from snncc.data import load
+from snncc.evaluate import top_k_accuracy
+from snncc.modelio import load_model, save_model
+from snncc.session import native_library_path
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "performance.md"
+SECTION = "## Whole-network speed"
+sys.path.insert(0, str(REPO))
+
+VARIANTS = ("ann", "parallel fn", "parallel native", "folded", "serial-IF fn", "serial-IF native", "spikingjelly")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclasses.dataclass
+class Subject:
+    name: str
+    ann: onnx.ModelProto
+    input_shape: tuple[int, ...]  # one sample
+    calibration: CalibrationData | None  # ReLU models only
+    torch_builder: object  # () -> torch.nn.Module with QCFS/ReLU activations, for SpikingJelly
+
+
+def _export(module, shape) -> onnx.ModelProto:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.onnx.export(module.eval(), (torch.rand(2, *shape),), buffer, dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=17)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def subjects(names: list[str]) -> list[Subject]:
+    from models import paper_nets, qcfs
+
+    fmnist_x = load("fashion-mnist", "train")[0]
+    result = []
+    for name in names:
+        if name == "fmnist-qcfs":
+            result.append(Subject(name, onnx.load(REPO / "models" / "fmnist_qcfs_vgg_t4.onnx"), (1, 28, 28), None,
+                                  lambda: qcfs.build("qcfs", 4, 3.0)))
+        elif name == "fmnist-relu":
+            result.append(Subject(name, onnx.load(REPO / "models" / "fmnist_relu_vgg.onnx"), (1, 28, 28),
+                                  CalibrationData(fmnist_x[:1000], "fashion-mnist:train[:1000]"),
+                                  lambda: qcfs.build("relu")))
+        elif name in ("vgg16", "resnet18"):
+            import torch
+
+            torch.manual_seed(0)
+            builder = (lambda n=name: paper_nets.build(n, act="qcfs", levels=4, theta=3.0))
+            result.append(Subject(name, _export(builder(), (3, 32, 32)), (3, 32, 32), None, builder))
+        else:
+            raise SystemExit(f"unknown model '{name}'")
+    return result
+
+
+def compiled(subject: Subject, steps: int, variant: str) -> onnx.ModelProto:
+    neuron = "if" if variant.startswith("serial") else "parallel"
+    calibration = CalibrationOptions(da_qcfs=False)  # the parameters do not change the cost
+    options = CompileOptions(steps=steps, neuron=neuron, fold_time=variant == "folded",
+                             calibration_data=subject.calibration, calibration=calibration)
+    return compile_model(subject.ann, options).model
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+def ort_session(model: onnx.ModelProto, threads: int, native: bool) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if native:
+        options.register_custom_ops_library(str(native_library_path()))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def best_seconds(run, budget: float = 1.0, most: int = 5) -> float:
+    """Best of at least two timed runs after a warm-up, more while the total stays under `budget`."""
+    run()
+    times = []
+    while len(times) < 2 or (len(times) < most and sum(times) < budget):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def ort_runner(model: onnx.ModelProto, x: np.ndarray, threads: int, native: bool):
+    session = ort_session(model, threads, native)
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
+
+
+def spikingjelly_neuron(steps: int, theta: float):
+    """Multi-step IF on [T·B, ...] currents: SpikingJelly's IFNode (soft reset), membrane θ/2,
+    spikes of value θ."""
+    import torch
+    from spikingjelly.activation_based import neuron
+
+    class IF(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.node = neuron.IFNode(v_threshold=theta, v_reset=None, step_mode="m")
+
+        def forward(self, x):
+            seq = x.reshape(steps, -1, *x.shape[1:])
+            self.node.reset()
+            self.node.v = torch.full_like(seq[0], theta / 2)
+            return (self.node(seq) * theta).reshape(x.shape)
+
+    return IF()
+
+
+def spikingjelly_runner(subject: Subject, steps: int, x: np.ndarray, threads: int):
+    """The torch model with BatchNorm folded into the convolutions and every activation a
+    SpikingJelly IF layer; input repeated T times, output averaged over T."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from models.qcfs import QCFS
+
+    torch.set_num_threads(threads)
+    model = subject.torch_builder().eval()
+
+    def rebuild(module: torch.nn.Module) -> None:
+        for name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.Sequential):
+                items = list(child)
+                fused = []
+                for item in items:
+                    if isinstance(item, torch.nn.BatchNorm2d) and fused and isinstance(fused[-1], torch.nn.Conv2d):
+                        fused[-1] = fuse_conv_bn_eval(fused[-1], item)
+                    else:
+                        fused.append(item)
+                child = torch.nn.Sequential(*fused)
+                setattr(module, name, child)
+            if isinstance(child, (QCFS, torch.nn.ReLU)):
+                theta = float(child.theta.detach()[0]) if isinstance(child, QCFS) else 1.0
+                setattr(module, name, spikingjelly_neuron(steps, theta))
+            else:
+                rebuild(child)
+
+    rebuild(model)
+    inputs = torch.from_numpy(np.concatenate([x] * steps))
+
+    def run():
+        with torch.inference_mode():
+            return model(inputs).reshape(steps, len(x), -1).mean(0)
+
+    return run
+
+
+def latency(subjects_: list[Subject], batches: list[int], steps_list: list[int], threads: int) -> list[dict]:
+    have_native = native_library_path() is not None
+    try:
+        import spikingjelly  # noqa: F401
+        have_spikingjelly = True
+    except ImportError:
+        have_spikingjelly = False
+    rows = []
+    for subject in subjects_:
+        for batch in batches:
+            x = np.random.default_rng(0).uniform(0, 1, (batch, *subject.input_shape)).astype(np.float32)
+            ann_seconds = best_seconds(ort_runner(subject.ann, x, threads, native=False))
+            for steps in steps_list:
+                seconds = {"ann": ann_seconds}
+                expanded = compiled(subject, steps, "parallel")
+                seconds["parallel fn"] = best_seconds(ort_runner(expanded, x, threads, native=False))
+                if have_native:
+                    seconds["parallel native"] = best_seconds(ort_runner(expanded, x, threads, native=True))
+                del expanded
+                seconds["folded"] = best_seconds(ort_runner(compiled(subject, steps, "folded"), x, threads, native=False))
+                serial = compiled(subject, steps, "serial-IF")
+                seconds["serial-IF fn"] = best_seconds(ort_runner(serial, x, threads, native=False))
+                if have_native:
+                    seconds["serial-IF native"] = best_seconds(ort_runner(serial, x, threads, native=True))
+                del serial
+                if have_spikingjelly:
+                    seconds["spikingjelly"] = best_seconds(spikingjelly_runner(subject, steps, x, threads))
+                row = {"model": subject.name, "batch": batch, "T": steps, "seconds": seconds}
+                print(f"  {subject.name} B={batch} T={steps}: "
+                      + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), file=sys.stderr)
+                rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Accuracy-matched speed
+
+
+def accuracy_matched(threads: int, images: int, calibration_samples: int) -> dict:
+    ann = onnx.load(REPO / "models" / "fmnist_relu_vgg.onnx")
+    x_test, y_test = load("fashion-mnist", "test")
+    x, y = x_test[:images], y_test[:images]
+    calib = CalibrationData(load("fashion-mnist", "train")[0][:calibration_samples],
+                            f"fashion-mnist:train[:{calibration_samples}]")
+
+    def accuracy(model: onnx.ModelProto, batch: int) -> float:
+        session = ort_session(model, threads, native=native_library_path() is not None)
+        name = session.get_inputs()[0].name
+        logits = np.concatenate([session.run(None, {name: x[s:s + batch]})[0] for s in range(0, len(x), batch)])
+        return top_k_accuracy(logits, y)
+
+    def compile_at(steps: int, neuron: str, da_qcfs: bool, fold: bool = False) -> onnx.ModelProto:
+        options = CompileOptions(steps=steps, neuron=neuron, fold_time=fold, calibration_data=calib,
+                                 calibration=CalibrationOptions(ThresholdMode(None), da_qcfs=da_qcfs))
+        return compile_model(ann, options).model
+
+    ann_accuracy = accuracy(ann, 250)
+    print(f"  ANN on {images} images: {ann_accuracy:.4f}", file=sys.stderr)
+
+    parallel = {}
+    parallel_t = None
+    for steps in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32):
+        parallel[steps] = accuracy(compile_at(steps, "parallel", True), 100)
+        print(f"  parallel calibrated T={steps}: {parallel[steps]:.4f}", file=sys.stderr)
+        if parallel[steps] >= ann_accuracy - 0.01:
+            parallel_t = steps
+            break
+
+    serial = {}
+    serial_t = None
+    batch_for = lambda steps: max(1, 2048 // steps)  # noqa: E731 - rows per ORT call ≈ 2048
+    serial[1024] = accuracy(compile_at(1024, "if", False), batch_for(1024))
+    print(f"  serial IF T=1024: {serial[1024]:.4f}", file=sys.stderr)
+    if serial[1024] >= ann_accuracy - 0.01:
+        serial_t = 1024
+        for steps in (512, 256, 128, 64, 32, 16):  # down while it still gets there
+            serial[steps] = accuracy(compile_at(steps, "if", False), batch_for(steps))
+            print(f"  serial IF T={steps}: {serial[steps]:.4f}", file=sys.stderr)
+            if serial[steps] < ann_accuracy - 0.01:
+                break
+            serial_t = steps
+    else:
+        for steps in (32, 256):
+            serial[steps] = accuracy(compile_at(steps, "if", False), batch_for(steps))
+            print(f"  serial IF T={steps}: {serial[steps]:.4f}", file=sys.stderr)
+
+    t_serial = serial_t or 1024
+    t_parallel = parallel_t or max(parallel)
+    one = x[:1]
+    timing = {
+        "ann": best_seconds(ort_runner(ann, one, threads, native=False)),
+        "serial-IF native": best_seconds(ort_runner(compile_at(t_serial, "if", False), one, threads, native=True)),
+        "parallel native": best_seconds(ort_runner(compile_at(t_parallel, "parallel", True), one, threads, native=True)),
+        "folded": best_seconds(ort_runner(compile_at(t_parallel, "parallel", True, fold=True), one, threads, native=False)),
+    }
+    return {
+        "images": images, "calibration_samples": calibration_samples, "ann_accuracy": ann_accuracy,
+        "parallel_accuracy": {str(k): v for k, v in parallel.items()}, "parallel_T": parallel_t,
+        "serial_accuracy": {str(k): v for k, v in sorted(serial.items())}, "serial_T": serial_t,
+        "timed_T": {"serial": t_serial, "parallel": t_parallel},
+        "batch1_seconds": timing,
+        "speedup_expanded": timing["serial-IF native"] / timing["parallel native"],
+        "speedup_folded": timing["serial-IF native"] / timing["folded"],
+        "speedup_is_lower_bound": serial_t is None,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Compile time
+
+
+def materialised(path: Path) -> onnx.ModelProto:
+    """The light model with each ConstantOfShape weight replaced by a random initializer."""
+    model = onnx.load(path)
+    model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs (opset 9 allows it)
+    graph = model.graph
+    shapes = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    rng = np.random.default_rng(0)
+    keep = []
+    for node in graph.node:
+        if node.op_type == "ConstantOfShape" and node.input[0] in shapes:
+            shape = shapes[node.input[0]].astype(np.int64)
+            fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+            values = rng.normal(0, np.sqrt(2 / max(fan_in, 1)), shape).astype(np.float32)
+            if len(shape) == 1:  # BN scale / variance style vectors: keep them positive
+                values = np.abs(values) + 0.5
+            graph.initializer.append(onnx.numpy_helper.from_array(values, node.output[0]))
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {name for node in graph.node for name in node.input}
+    inits = [t for t in graph.initializer if t.name in used]
+    dropped = {t.name for t in graph.initializer} - used  # the shapes of the materialised weights
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    inputs = [i for i in graph.input if i.name not in dropped]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    return model
+
+
+def compile_time() -> list[dict]:
+    light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("light_resnet50", "light_densenet121"):
+            path = Path(tmp) / f"{name}.onnx"
+            onnx.save(materialised(light / f"{name}.onnx"), path)
+            copy = Path(tmp) / f"{name}.copy.onnx"
+
+            def load_save():
+                onnx.save(onnx.load(path), copy)
+
+            x = np.random.default_rng(0).uniform(0, 1, (2, 3, 224, 224)).astype(np.float32)
+            data = CalibrationData(x, "uniform random, 2 images")
+            out = Path(tmp) / f"{name}.snn.onnx"
+
+            def snncc_compile():
+                options = CompileOptions(steps=4, calibration_data=data, calibration=CalibrationOptions(da_qcfs=False))
+                save_model(compile_model(load_model(path), options).model, out)
+
+            base = best_seconds(load_save, budget=0, most=3)
+            seconds = best_seconds(snncc_compile, budget=0, most=3)
+            model = onnx.load(path, load_external_data=False)
+            rows.append({"model": name.removeprefix("light_"), "nodes": len(model.graph.node),
+                         "megabytes": round(path.stat().st_size / 2**20, 1),
+                         "load_save_seconds": base, "compile_seconds": seconds, "ratio": seconds / base})
+            print(f"  {name}: load+save {base:.2f} s, compile {seconds:.2f} s", file=sys.stderr)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine(threads: int) -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "?")
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "threads": threads, "onnxruntime": ort.__version__,
+            "load_average_1min_at_start": os.getloadavg()[0]}
+
+
+def _ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1e3:,.1f}" if seconds < 10 else f"{seconds * 1e3:,.0f}"
+
+
+def markdown(report: dict) -> str:
+    m = report["machine"]
+    out = [f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; ONNX Runtime {m['onnxruntime']} CPU provider, "
+           f"{m['threads']} intra-op threads (torch: the same count); load average {m['load_average_1min_at_start']:.1f} "
+           "when the run started. Latency of one forward pass in ms (best of several runs).", ""]
+    if report.get("latency"):
+        out += ["### Latency", "",
+                "Ratios: *exp/(T·ANN)* = parallel native ÷ (T × ANN) (target ≤ 1.15); *fold/ANN* = folded ÷ ANN "
+                "(target ≤ 1.3); *IF/par* = serial-IF native ÷ parallel native (target ≥ 1).", "",
+                "| model | B | T | " + " | ".join(VARIANTS) + " | exp/(T·ANN) | fold/ANN | IF/par |",
+                "|---|---:|---:|" + "---:|" * (len(VARIANTS) + 3)]
+        for row in report["latency"]:
+            s = row["seconds"]
+            ratio = lambda a, b: "—" if a not in s or b not in s else f"{s[a] / s[b]:.2f}"  # noqa: E731
+            expanded = "—" if "parallel native" not in s else f"{s['parallel native'] / (row['T'] * s['ann']):.2f}"
+            out.append(f"| {row['model']} | {row['batch']} | {row['T']} | "
+                       + " | ".join(_ms(s.get(v)) for v in VARIANTS)
+                       + f" | {expanded} | {ratio('folded', 'ann')} | {ratio('serial-IF native', 'parallel native')} |")
+        out.append("")
+    if report.get("matched"):
+        r = report["matched"]
+        lower = " (lower bound: serial IF never came within 1 point up to T = 1024)" if r["speedup_is_lower_bound"] else ""
+        acc = lambda d: ", ".join(f"T={k}: {100 * v:.1f}%" for k, v in d.items())  # noqa: E731
+        t = r["batch1_seconds"]
+        out += ["### Accuracy-matched speed (Fashion-MNIST ReLU VGG)", "",
+                f"{r['images']} test images; ANN {100 * r['ann_accuracy']:.1f}%. Within 1 point of the ANN:",
+                "",
+                f"- parallel, calibrated (max + DA-QCFS, {r['calibration_samples']} calibration images): "
+                f"T = {r['parallel_T']} ({acc(r['parallel_accuracy'])})",
+                f"- serial IF, classic conversion (max thresholds, membrane θ/2): "
+                f"T = {r['serial_T'] or '> 1024'} ({acc(r['serial_accuracy'])})",
+                "",
+                "| batch-1 latency | T | ms |", "|---|---:|---:|",
+                f"| ANN | – | {_ms(t['ann'])} |",
+                f"| serial IF, native | {r['timed_T']['serial']} | {_ms(t['serial-IF native'])} |",
+                f"| parallel expanded, native | {r['timed_T']['parallel']} | {_ms(t['parallel native'])} |",
+                f"| parallel folded | {r['timed_T']['parallel']} | {_ms(t['folded'])} |",
+                "",
+                f"Speed-up at matched accuracy: expanded parallel **{r['speedup_expanded']:.0f}×** (target ≥ 10×), "
+                f"folded **{r['speedup_folded']:.0f}×** (target ≥ 100×){lower}.", ""]
+    if report.get("compile"):
+        out += ["### Compile time (T = 4)", "",
+                "`load_model` + `compile_model` (passes, threshold recording on 2 random images, no DA-QCFS) + "
+                "`save_model`, against `onnx.load` + `onnx.save` of the same file; best of 3.", "",
+                "| model | nodes | MB | load + save (s) | snncc compile (s) | ratio |", "|---|---:|---:|---:|---:|---:|"]
+        for row in report["compile"]:
+            out.append(f"| {row['model']} | {row['nodes']} | {row['megabytes']} | {row['load_save_seconds']:.2f} | "
+                       f"{row['compile_seconds']:.2f} | {row['ratio']:.1f}× |")
+        out.append("")
+    return "\n".join(out)
+
+
+def write_docs_section(table: str) -> None:
+    """Replaces (or appends) the section of docs/performance.md this script owns, nothing else."""
+    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
+    body = f"{SECTION}\n\nMeasured by `benchmarks/speed.py` (see its docstring for the variants), one run.\n\n{table}"
+    if SECTION in text:
+        start = text.index(SECTION)
+        end = text.find("\n## ", start + len(SECTION))
+        text = text[:start] + body + (text[end:] if end >= 0 else "")
+    else:
+        text = text.rstrip("\n") + "\n\n" + body
+    DOCS.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="fmnist-qcfs,fmnist-relu,vgg16,resnet18")
+    parser.add_argument("--batches", default="1,32")
+    parser.add_argument("--steps", default="4,8,16,32,64")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="latency,matched,compile")
+    parser.add_argument("--matched-images", type=int, default=1000)
+    parser.add_argument("--calibration-samples", type=int, default=10000)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--write-docs", action="store_true")
+    args = parser.parse_args()
+    parts = args.parts.split(",")
+    report = {"machine": machine(args.threads)}
+    if "latency" in parts:
+        report["latency"] = latency(subjects(args.models.split(",")), [int(b) for b in args.batches.split(",")],
+                                    [int(t) for t in args.steps.split(",")], args.threads)
+    if "matched" in parts:
+        report["matched"] = accuracy_matched(args.threads, args.matched_images, args.calibration_samples)
+    if "compile" in parts:
+        report["compile"] = compile_time()
+    table = markdown(report)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.write_docs:
+        write_docs_section(table)
+
+
+if __name__ == "__main__":
+    main()
