@@ -31,6 +31,11 @@ def serve(path: Path, host: str = "127.0.0.1", port: int | None = None, browse: 
     netron = _netron()
     load_model(path)  # one clear error for a missing or invalid file, before the server starts
     logging.getLogger("netron").setLevel(logging.WARNING)  # we print the URL ourselves
+    # Browsers open idle "preconnect" sockets; the thread serving one must not keep the process
+    # alive after Ctrl-C (netron's threaded server leaves its request threads non-daemon).
+    server_class = getattr(getattr(netron, "server", None), "_ThreadedHTTPServer", None)
+    if server_class is not None:
+        server_class.daemon_threads = True
     try:
         address = netron.start(str(path), address=(host, port), browse=browse)
     except OSError as error:

@@ -150,9 +150,11 @@ def test_view_shows_parallel_spike_nodes_in_netron(tmp_path):
         browser.close()
         server.send_signal(signal.SIGINT)
         try:
-            server.wait(15)
+            server.wait(60)
         except subprocess.TimeoutExpired:
             server.kill()
+            server.wait()
+            raise AssertionError("snncc view did not stop within 60 s of Ctrl-C") from None
     assert server.returncode == 0, server.stderr.read()
 
 
