@@ -22,6 +22,8 @@ NATIVE_KERNELS = {
     "ParallelSpike": {"CPUExecutionProvider": ("float32", "float64", "float16"),
                       "CUDAExecutionProvider": ("float32", "float16")},
     "SerialIF": {"CPUExecutionProvider": ("float32",), "CUDAExecutionProvider": ("float32",)},
+    "SpikeCount": {"CPUExecutionProvider": ("float32", "float64", "float16"),
+                   "CUDAExecutionProvider": ("float32", "float16")},
 }
 
 

@@ -110,26 +110,27 @@ def test_rounding_sensitive_currents(steps):
     assert 0.05 < (y != 0).mean() < 1
 
 
+def profiled_ops(model: onnx.ModelProto, feeds: dict[str, np.ndarray], native: bool) -> set[str]:
+    """The op types of the nodes that one profiled CPU run of `model` executes."""
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    if native:
+        options.register_custom_ops_library(str(native_library_path()))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session.run(None, feeds)
+    profile = Path(session.end_profiling())
+    try:
+        events = json.loads(profile.read_text())
+    finally:
+        profile.unlink()
+    return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
+
+
 def test_native_kernel_runs():
     """With the library, the node runs as one native kernel; without it, as the function's Scan."""
     model, x, _ = random_case(4, per_channel=True, rank=4, seed=1)
-
-    def profiled_ops(native: bool) -> set[str]:
-        options = ort.SessionOptions()
-        options.enable_profiling = True
-        if native:
-            options.register_custom_ops_library(str(native_library_path()))
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-        session.run(None, {"X": x})
-        profile = Path(session.end_profiling())
-        try:
-            events = json.loads(profile.read_text())
-        finally:
-            profile.unlink()
-        return {e["args"]["op_name"] for e in events if e.get("cat") == "Node" and "op_name" in e.get("args", {})}
-
-    assert profiled_ops(native=True) == {ops.SERIAL_IF}
-    assert "Scan" in profiled_ops(native=False)
+    assert profiled_ops(model, {"X": x}, native=True) == {ops.SERIAL_IF}
+    assert "Scan" in profiled_ops(model, {"X": x}, native=False)
 
 
 def test_large_layer_uses_every_path():
@@ -238,20 +239,26 @@ def vgg_if_model():
     return compile_model(ann, CompileOptions(steps=8, neuron="if")).model
 
 
-def test_compiled_model_native_equals_function(vgg_if_model):
-    """The bundled Fashion-MNIST VGG compiled with IF neurons at T = 8: same logits either way."""
-    assert sum(n.op_type == ops.SERIAL_IF for n in vgg_if_model.graph.node) >= 2
+def check_compiled_native_equals_function(model: onnx.ModelProto, op_type: str) -> None:
+    """A model compiled from the bundled Fashion-MNIST VGG, with at least two `op_type` nodes: the
+    same logits on 64 test images (random ones without the data) with and without the library."""
+    assert sum(n.op_type == op_type for n in model.graph.node) >= 2
     try:
         from snncc.data import load
 
         x = load("fashion-mnist", "test")[0][:64]
     except Exception:  # data not fetched on this machine
         x = np.random.default_rng(0).uniform(0, 1, (64, 1, 28, 28)).astype(np.float32)
-    name = vgg_if_model.graph.input[0].name
-    native = make_session(vgg_if_model, native=True, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
-    function = make_session(vgg_if_model, native=False, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    name = model.graph.input[0].name
+    native = make_session(model, native=True, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
+    function = make_session(model, native=False, providers=["CPUExecutionProvider"]).run(None, {name: x})[0]
     np.testing.assert_array_equal(native, function)
     assert np.unique(native.argmax(axis=1)).size > 1
+
+
+def test_compiled_model_native_equals_function(vgg_if_model):
+    """The bundled Fashion-MNIST VGG compiled with IF neurons at T = 8: same logits either way."""
+    check_compiled_native_equals_function(vgg_if_model, ops.SERIAL_IF)
 
 
 def test_runtime_report_names_serial_if(vgg_if_model):

@@ -13,9 +13,11 @@
 
 #include "cpu_kernel.h"
 #include "serial_if_cpu.h"
+#include "spike_count_cpu.h"
 #if SNNCC_WITH_CUDA
 #include "cuda_kernel.h"
 #include "serial_if_cuda.h"
+#include "spike_count_cuda.h"
 #endif
 
 namespace snncc {
@@ -68,14 +70,17 @@ int64_t parameter_stride(const char* op, const Ort::ConstValue& value, const cha
        std::to_string(channels));
 }
 
-/// One validated call: geometry, raw parameter pointers and the allocated output.
+/// One validated call of a neuron op: X (or M), theta_pre, [theta_post,] psi. X is viewed as
+/// [steps, neurons]: `steps` is T for a time-expanded X (ParallelSpike, SerialIF) and 1 for an
+/// input without a time axis (SpikeCount, whose T only enters the arithmetic). Without
+/// theta_post (SpikeCount), params.theta_post is null.
 struct Call {
   Geometry geometry{};
   Params<void> params{};
   const void* x = nullptr;
   void* y = nullptr;
 
-  Call(OrtKernelContext* context, int64_t steps, const char* op) {
+  Call(OrtKernelContext* context, int64_t steps, bool with_theta_post, const char* op) {
     Ort::KernelContext ctx(context);
     const Ort::ConstValue x_value = ctx.GetInput(0);
     const std::vector<int64_t> shape = x_value.GetTensorTypeAndShapeInfo().GetShape();
@@ -88,17 +93,23 @@ struct Call {
     const int64_t channels = shape.size() > 1 ? shape[1] : 1;
     geometry = {steps, shape[0] / steps * channels * inner, channels, inner};
     const Ort::ConstValue theta_pre = ctx.GetInput(1);
-    const Ort::ConstValue theta_post = ctx.GetInput(2);
-    const Ort::ConstValue psi = ctx.GetInput(3);
-    params = {theta_pre.GetTensorRawData(),
-              theta_post.GetTensorRawData(),
-              psi.GetTensorRawData(),
-              parameter_stride(op, theta_pre, "theta_pre", channels),
-              parameter_stride(op, theta_post, "theta_post", channels),
-              parameter_stride(op, psi, "psi", channels)};
+    const Ort::ConstValue psi = ctx.GetInput(with_theta_post ? 3 : 2);
+    params.theta_pre = theta_pre.GetTensorRawData();
+    params.theta_pre_stride = parameter_stride(op, theta_pre, "theta_pre", channels);
+    params.psi = psi.GetTensorRawData();
+    params.psi_stride = parameter_stride(op, psi, "psi", channels);
+    if (with_theta_post) {
+      const Ort::ConstValue theta_post = ctx.GetInput(2);
+      params.theta_post = theta_post.GetTensorRawData();
+      params.theta_post_stride = parameter_stride(op, theta_post, "theta_post", channels);
+    }
     x = x_value.GetTensorRawData();
     y = ctx.GetOutput(0, shape).GetTensorMutableRawData();
   }
+
+  template <typename Op, typename Config>
+  Call(OrtKernelContext* context, const Op& /*op*/, const Config& config)
+      : Call(context, Op::kTimeAxis ? config.steps : 1, Op::kInputs == 4, Op::kName) {}
 };
 
 /// The element type with ONNX type Type, on the CPU.
@@ -117,10 +128,13 @@ struct CpuStorage<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> {
   using type = _Float16;
 };
 
-/// snn.ParallelSpike: the op's name, what a kernel instance fixes when the session creates it
-/// (T and the algorithm), and its CPU and CUDA kernels.
+/// snn.ParallelSpike: the op's name, inputs (X, theta_pre, theta_post, psi; X time-major), what a
+/// kernel instance fixes when the session creates it (T and the algorithm), and its CPU and CUDA
+/// kernels.
 struct ParallelSpike {
   static constexpr const char* kName = "ParallelSpike";
+  static constexpr size_t kInputs = 4;
+  static constexpr bool kTimeAxis = true;
   struct Config {
     int64_t steps;
     Algorithm algorithm;
@@ -144,14 +158,21 @@ struct ParallelSpike {
 #endif
 };
 
-/// snn.SerialIF: the integrate-and-fire neuron, run step by step; float32 only (as its function).
-struct SerialIF {
-  static constexpr const char* kName = "SerialIF";
+/// The configuration of an op whose kernel instances fix T alone (Op::kName names it in errors).
+template <typename Op>
+struct StepsConfig {
   struct Config {
     int64_t steps;
   };
 
-  static Config configure(const OrtKernelInfo* info) { return {steps_attribute(info, kName)}; }
+  static Config configure(const OrtKernelInfo* info) { return {steps_attribute(info, Op::kName)}; }
+};
+
+/// snn.SerialIF: the integrate-and-fire neuron, run step by step; float32 only (as its function).
+struct SerialIF : StepsConfig<SerialIF> {
+  static constexpr const char* kName = "SerialIF";
+  static constexpr size_t kInputs = 4;
+  static constexpr bool kTimeAxis = true;
 
   static void cpu(const float* x, const Params<float>& params, float* y, const Geometry& geometry,
                   const Config& /*config*/, int64_t begin, int64_t end) {
@@ -166,7 +187,29 @@ struct SerialIF {
 #endif
 };
 
-/// The CPUExecutionProvider kernel of op Op (ParallelSpike, SerialIF) for element type Type,
+/// snn.SpikeCount: the spike count of a folded parallel neuron from its mean current M (inputs M,
+/// theta_pre, psi; M has no time axis, T only enters the arithmetic); float32, float64 and
+/// float16 on the CPU, each bit-identical to the function (spike_count.h).
+struct SpikeCount : StepsConfig<SpikeCount> {
+  static constexpr const char* kName = "SpikeCount";
+  static constexpr size_t kInputs = 3;
+  static constexpr bool kTimeAxis = false;
+
+  template <typename S>
+  static void cpu(const S* m, const Params<S>& params, S* k, const Geometry& geometry, const Config& config,
+                  int64_t begin, int64_t end) {
+    spike_count_cpu(m, params, k, geometry, config.steps, begin, end);
+  }
+
+#if SNNCC_WITH_CUDA
+  static const char* cuda(cuda::DType dtype, const void* m, const Params<void>& params, void* k,
+                          const Geometry& geometry, void* stream, const Config& config) {
+    return cuda::launch_spike_count(dtype, m, params, k, geometry, config.steps, stream);
+  }
+#endif
+};
+
+/// The CPUExecutionProvider kernel of op Op (ParallelSpike, SerialIF, SpikeCount) for element type Type,
 /// parallel over chunks of neurons on ORT's intra-op thread pool. An op's CPU kernels cover every
 /// type its model-local function runs with on the CPU (a registered library replaces the
 /// function for all of them).
@@ -195,7 +238,7 @@ struct CpuKernel {
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, config.steps, Op::kName);
+      const Call call(context, Op{}, config);
       const Params<void>& p = call.params;
       Work work{static_cast<const S*>(call.x),
                 {static_cast<const S*>(p.theta_pre), static_cast<const S*>(p.theta_post),
@@ -227,7 +270,7 @@ struct CudaKernel {
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, config.steps, Op::kName);
+      const Call call(context, Op{}, config);
       const auto dtype = Type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? cuda::DType::kFloat16 : cuda::DType::kFloat32;
       void* stream = Ort::KernelContext(context).GetGPUComputeStream();
       if (const char* error = Op::cuda(dtype, call.x, call.params, call.y, call.geometry, stream, config)) {
@@ -238,8 +281,8 @@ struct CudaKernel {
 };
 #endif
 
-/// A neuron op (ParallelSpike, SerialIF) for one (execution provider, element type) pair: all
-/// four inputs and the output share the type; the output has X's shape.
+/// A neuron op (ParallelSpike, SerialIF, SpikeCount) for one (execution provider, element type)
+/// pair: all inputs and the output share the type; the output has X's shape.
 template <typename Kernel>
 struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
@@ -247,7 +290,7 @@ struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/tru
   }
   const char* GetName() const { return Kernel::OpType::kName; }
   const char* GetExecutionProviderType() const { return Kernel::kProvider; }
-  size_t GetInputTypeCount() const { return 4; }
+  size_t GetInputTypeCount() const { return Kernel::OpType::kInputs; }
   ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return Kernel::kType; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return Kernel::kType; }
@@ -279,16 +322,21 @@ void add_domain(OrtSessionOptions* options) {
   constexpr auto kDouble = ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
   constexpr auto kHalf = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16;
   // Every (provider, type) pair that the op's model-local function runs with: ParallelSpike's
-  // function is typed by X, SerialIF's Scan body is float32 only. On CUDA, the types the
-  // compiler can emit (float32) and, for ParallelSpike, float16.
+  // and SpikeCount's functions are typed by X, SerialIF's Scan body is float32 only. On CUDA,
+  // the types the compiler can emit (float32) and, for ParallelSpike and SpikeCount, float16.
   static NeuronOp<CpuKernel<ParallelSpike, kFloat>> parallel_cpu_float;
   static NeuronOp<CpuKernel<ParallelSpike, kDouble>> parallel_cpu_double;
   static NeuronOp<CpuKernel<ParallelSpike, kHalf>> parallel_cpu_half;
   static NeuronOp<CpuKernel<SerialIF, kFloat>> serial_cpu_float;
+  static NeuronOp<CpuKernel<SpikeCount, kFloat>> count_cpu_float;
+  static NeuronOp<CpuKernel<SpikeCount, kDouble>> count_cpu_double;
+  static NeuronOp<CpuKernel<SpikeCount, kHalf>> count_cpu_half;
 #if SNNCC_WITH_CUDA
   static NeuronOp<CudaKernel<ParallelSpike, kFloat>> parallel_cuda_float;
   static NeuronOp<CudaKernel<ParallelSpike, kHalf>> parallel_cuda_half;
   static NeuronOp<CudaKernel<SerialIF, kFloat>> serial_cuda_float;
+  static NeuronOp<CudaKernel<SpikeCount, kFloat>> count_cuda_float;
+  static NeuronOp<CudaKernel<SpikeCount, kHalf>> count_cuda_half;
 #endif
   // Sessions keep pointers to their domain, so every domain lives as long as the library.
   static std::mutex mutex;
@@ -299,10 +347,15 @@ void add_domain(OrtSessionOptions* options) {
   domain.Add(&parallel_cpu_double);
   domain.Add(&parallel_cpu_half);
   domain.Add(&serial_cpu_float);
+  domain.Add(&count_cpu_float);
+  domain.Add(&count_cpu_double);
+  domain.Add(&count_cpu_half);
 #if SNNCC_WITH_CUDA
   domain.Add(&parallel_cuda_float);
   domain.Add(&parallel_cuda_half);
   domain.Add(&serial_cuda_float);
+  domain.Add(&count_cuda_float);
+  domain.Add(&count_cuda_half);
 #endif
   Ort::UnownedSessionOptions(options).Add(domain);
   const std::lock_guard<std::mutex> lock(mutex);
