@@ -4,9 +4,14 @@
 //      over the leading axis does the same, so for float and double m matches the model-local
 //      function bit for bit; _Float16 values are summed in float32);
 //   2. drive and spike count (binary / closed), or nothing (dense);
-//   3. output rows, one step at a time.
+//   3. output rows, one step at a time (large float32 outputs: selected and streamed to memory in
+//      one pass, without the row buffer).
 // Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu).
 #include "cpu_kernel.h"
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -113,6 +118,24 @@ void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int 
       }
     } else {
       const F t_f = static_cast<F>(t);
+#if defined(__SSE2__)
+      if constexpr (std::is_same_v<S, float>) {
+        if (stream) {  // select and stream in one pass, without the row buffer
+          float* dst = y + c.first + t * g.neurons;
+          int64_t j = 0;
+          for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) {
+            dst[j] = t_f >= c.first_step[j] ? c.theta_post[j] : 0.0f;
+          }
+          const __m128 step = _mm_set1_ps(t_f);
+          for (; j + 4 <= n; j += 4) {
+            const __m128 fired = _mm_cmpge_ps(step, _mm_loadu_ps(c.first_step + j));
+            _mm_stream_ps(dst + j, _mm_and_ps(fired, _mm_loadu_ps(c.theta_post + j)));
+          }
+          for (; j < n; ++j) dst[j] = t_f >= c.first_step[j] ? c.theta_post[j] : 0.0f;
+          continue;
+        }
+      }
+#endif
       for (int64_t j = 0; j < n; ++j) {
         const S spike = c.theta_post[j];
         out[j] = t_f >= c.first_step[j] ? spike : S(0);
