@@ -32,6 +32,7 @@ import onnx.helper as oh
 import onnx.numpy_helper as onh
 import onnxruntime as ort
 
+from _docs import replace_section
 from snncc.ops import DOMAIN, TARGET_OPSET, function_library
 from snncc.session import native_library_path
 
@@ -192,16 +193,8 @@ equivalent); no GPU was available when this section was written.
 
 def write_docs_section(table: str) -> None:
     """Replaces (or appends) the "Neuron kernel" section of docs/performance.md, nothing else."""
-    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
-    body = (f"{SECTION}\n\nOne `snn.ParallelSpike` layer on the CPU, measured by `benchmarks/neuron.py` "
-            "(see its docstring for the methods).\n\n" + table + NOTES)
-    if SECTION in text:
-        start = text.index(SECTION)
-        end = text.find("\n## ", start + len(SECTION))
-        text = text[:start] + body + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOCS.write_text(text)
+    replace_section(DOCS, SECTION, f"{SECTION}\n\nOne `snn.ParallelSpike` layer on the CPU, measured by "
+                    "`benchmarks/neuron.py` (see its docstring for the methods).\n\n" + table + NOTES)
 
 
 def main() -> None:

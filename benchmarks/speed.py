@@ -53,6 +53,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from _docs import replace_section
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import CalibrationOptions
 from snncc.calibration.thresholds import ThresholdMode
@@ -461,16 +462,8 @@ def markdown(report: dict) -> str:
 
 def write_docs_section(table: str, section: str = SECTION, intro: str = "") -> None:
     """Replaces (or appends) one section of docs/performance.md that this script owns, nothing else."""
-    text = DOCS.read_text() if DOCS.exists() else "# Performance\n"
-    body = (f"{section}\n\nMeasured by `benchmarks/speed.py` (see its docstring for the variants), one run. "
-            f"{intro}\n\n{table}")
-    if section in text:
-        start = text.index(section)
-        end = text.find("\n## ", start + len(section))
-        text = text[:start] + body + (text[end:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + body
-    DOCS.write_text(text)
+    replace_section(DOCS, section, f"{section}\n\nMeasured by `benchmarks/speed.py` (see its docstring for the "
+                    f"variants), one run. {intro}\n\n{table}")
 
 
 def main() -> None:
