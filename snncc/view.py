@@ -11,6 +11,7 @@ Invariant: `serve` validates the file as an ONNX model before serving it, and ev
 from __future__ import annotations
 
 import logging
+import signal
 from pathlib import Path
 
 from snncc.errors import SnnccError
@@ -45,6 +46,14 @@ def serve(path: Path, host: str = "127.0.0.1", port: int | None = None, browse: 
     return f"http://{address[0]}:{address[1]}"
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def wait() -> None:
-    """Block until Ctrl-C (or the process is told to stop), then stop the server."""
+    """Block until Ctrl-C (or SIGTERM), then stop the server. The handlers are installed here
+    because a process started in the background by a non-interactive shell inherits SIGINT as
+    ignored, and Python then leaves it ignored."""
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     _netron().wait()
