@@ -50,15 +50,17 @@ class ReferenceMeans:
         """The outputs that `add` reads for one activation node: its input's and output's means."""
         return [_sample_channel_mean(node.inputs[0], b), _sample_channel_mean(node.outputs[0], b)]
 
-    def add(self, means: dict[str, list[np.ndarray]]) -> None:
-        """Per activation name, the two `probe` outputs ([n, C] each) for the next n samples."""
-        n = len(next(iter(means.values()))[0])
+    def add(self, outputs: list[np.ndarray]) -> None:
+        """The `probe` outputs ([n, C] each) of every activation, in `names` order, two per
+        activation, for the next n samples."""
+        n = len(outputs[0])
         batch_of = (self._seen + np.arange(n)) // self.batch_size
         starts = np.flatnonzero(np.r_[True, batch_of[1:] != batch_of[:-1]])
         index = batch_of[starts]
-        for name in self.names:
-            for which, values in enumerate(means[name]):
-                self._sums[name][which, index] += np.add.reduceat(values.astype(np.float64), starts, axis=0)
+        for i, name in enumerate(self.names):
+            for which in (0, 1):
+                values = outputs[2 * i + which].astype(np.float64)
+                self._sums[name][which, index] += np.add.reduceat(values, starts, axis=0)
         self._counts[index] += np.diff(np.r_[starts, n])
         self._seen += n
 
@@ -84,4 +86,4 @@ def record_reference_means(analysed: ir.Model, thetas: dict[str, np.ndarray], da
     proto, names = probe_model(analysed, reference_activation(thetas), means.probe)
     flat = [name for pair in names for name in pair]
     for outputs in data.run(proto, flat, batch_size, "reference path"):
-        means.add({name: outputs[2 * i:2 * i + 2] for i, name in enumerate(means.names)})
+        means.add(outputs)

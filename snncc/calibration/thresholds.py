@@ -85,8 +85,7 @@ def record_thresholds(analysed: ir.Model, data: CalibrationData, mode: Threshold
         found = outputs[:len(maximum_names)]
         maxima = found if maxima is None else [np.maximum(a, b) for a, b in zip(maxima, found)]
         if means is not None:
-            pairs = outputs[len(maximum_names):]
-            means.add({name: pairs[2 * i:2 * i + 2] for i, name in enumerate(means.names)})
+            means.add(outputs[len(maximum_names):])
     tops = [np.maximum(m, 0).astype(np.float32) for m in maxima]
     clips = [np.float32(read_activation(n).clip_max) if read_activation(n).kind == CLIP else np.float32(np.inf) for n in nodes]
     if mode.needs_histograms():
