@@ -73,7 +73,10 @@ def test_expansion_equals_da_qcfs_network_and_keeps_batch():
     ExpandTimePass(steps)(model)
     kinds = graphs.op_types(model)
     assert kinds.count(ops.PARALLEL_SPIKE) == 2 and "Activation" not in kinds
-    assert kinds.index("Tile") < kinds.index(ops.PARALLEL_SPIKE)
+    # The analog input enters the first neuron once, as its mean current: no Tile.
+    assert "Tile" not in kinds
+    neurons = [n for n in model.graph if n.op_type == ops.PARALLEL_SPIKE]
+    assert [n.attributes.get_int("constant_input", 0) for n in neurons] == [1, 0]
     assert kinds[-1] == "ReduceMean"  # the spiking graph output is read out as the T-mean
     x = np.random.default_rng(1).normal(0.5, 1, size=(3, 2, 4, 4)).astype(np.float32)
     (y,) = graphs.run(_with_functions(model), x=x)
@@ -82,6 +85,15 @@ def test_expansion_equals_da_qcfs_network_and_keeps_batch():
     expected = _da_qcfs(np.einsum("oc,bchw->bohw", w, hidden), params[1], steps)
     assert y.shape == x.shape
     assert np.allclose(y, expected, atol=1e-5)
+
+
+def test_serial_if_tiles_the_analog_input():
+    """The serial IF neuron integrates step by step: its analog input is repeated T times."""
+    model = _two_layer()
+    ExpandTimePass(5, neuron="if")(model)
+    kinds = graphs.op_types(model)
+    assert kinds.count(ops.SERIAL_IF) == 2
+    assert kinds.index("Tile") < kinds.index(ops.SERIAL_IF)
 
 
 def test_readout_runs_on_the_time_mean():

@@ -39,16 +39,21 @@ _ONNX_TYPE = {
 
 
 def spike_model(
-    steps: int, x_shape: tuple[int, ...], params: dict[str, np.ndarray], dtype=np.float32
+    steps: int, x_shape: tuple[int, ...], params: dict[str, np.ndarray], dtype=np.float32, *,
+    constant_input: bool = False,
 ) -> onnx.ModelProto:
-    """One ParallelSpike node; X is a graph input, the parameters are initializers."""
+    """One ParallelSpike node; X is a graph input, the parameters are initializers. With
+    constant_input, X is one step [B, ...] of a current constant over the steps, Y [T*B, ...]."""
     elem = _ONNX_TYPE[dtype]
-    node = oh.make_node("ParallelSpike", ["X", "theta_pre", "theta_post", "psi"], ["Y"], domain=DOMAIN, T=steps)
+    attributes = {"constant_input": 1} if constant_input else {}
+    node = oh.make_node("ParallelSpike", ["X", "theta_pre", "theta_post", "psi"], ["Y"], domain=DOMAIN, T=steps,
+                        **attributes)
+    y_shape = [x_shape[0] * steps, *x_shape[1:]] if constant_input else list(x_shape)
     graph = oh.make_graph(
         [node],
         "parallel_spike",
         [oh.make_tensor_value_info("X", elem, list(x_shape))],
-        [oh.make_tensor_value_info("Y", elem, list(x_shape))],
+        [oh.make_tensor_value_info("Y", elem, y_shape)],
         initializer=[onh.from_array(np.asarray(v, dtype), k) for k, v in params.items()],
     )
     opsets = [oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)]
@@ -303,6 +308,61 @@ def test_invalid_shapes_are_rejected():
         run(model, np.zeros((8, 5), np.float32), native=True)
 
 
+def constant_case(steps: int, per_channel: bool, seed: int):
+    """random_case's parameters and one step of its currents, as a constant-input model, and the
+    same currents tiled over the T steps (the time-expanded input it stands for)."""
+    _, x, params = random_case(steps, per_channel, rank=4, seed=seed)
+    one_step = np.ascontiguousarray(x[: x.shape[0] // steps])
+    model = spike_model(steps, one_step.shape, params, constant_input=True)
+    return model, one_step, np.tile(one_step, (steps, 1, 1, 1)), params
+
+
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+@pytest.mark.parametrize("steps", STEPS)
+def test_constant_input_matches_function(steps, per_channel):
+    """constant_input = 1: X is the mean current itself; Y has T times X's rows."""
+    model, x, tiled, params = constant_case(steps, per_channel, seed=300 + steps)
+    native = run(model, x, native=True)
+    assert native.shape == tiled.shape
+    assert_rounding_only(native, run(model, x, native=False), tiled, params, steps)
+    # Against the time-expanded node on T copies: equal except where the mean of the copies
+    # rounds away from the current itself across a boundary.
+    expanded = spike_model(steps, tiled.shape, params)
+    assert_rounding_only(native, run(expanded, tiled, native=True), tiled, params, steps)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_constant_input_algorithms_and_threads(algorithm):
+    model, x, tiled, params = constant_case(16, per_channel=True, seed=42)
+    one = run(model, x, native=True, algorithm=algorithm, threads=1)
+    np.testing.assert_array_equal(one, run(model, x, native=True, algorithm=algorithm, threads=2))
+    assert_rounding_only(one, run(model, x, native=True), tiled, params, 16)
+
+
+def test_constant_input_shape_is_inferred():
+    """A numeric or symbolic first dimension declared for X: the native op's shape inference
+    (first dimension times T, or unknown) accepts the model, and a following op runs on Y's T*B rows."""
+    steps = 3
+    for declared in ([3, 13, 41, 37], ["batch", 13, 41, 37]):
+        model, x, _, _ = constant_case(steps, per_channel=True, seed=1)
+        graph = model.graph
+        graph.input[0].CopyFrom(oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, declared))
+        graph.node.append(oh.make_node("Reshape", ["Y", "by_step"], ["Z"]))
+        graph.initializer.append(onh.from_array(np.array([steps, -1], np.int64), "by_step"))
+        graph.output[0].CopyFrom(oh.make_tensor_value_info("Z", onnx.TensorProto.FLOAT, None))
+        z = run(model, x, native=True)
+        assert z.shape == (steps, x.size)
+        np.testing.assert_array_equal(z, run(model, x, native=False))
+
+
+def test_invalid_constant_input_is_rejected():
+    params = {"theta_pre": np.ones(3), "theta_post": np.ones(3), "psi": np.zeros(3)}
+    model = spike_model(4, (2, 3), params, constant_input=True)
+    model.graph.node[0].attribute[-1].i = 2
+    with pytest.raises(Exception, match="constant_input must be 0 or 1"):
+        run(model, np.zeros((2, 3), np.float32), native=True)
+
+
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
 def test_cuda_sources_compile(tmp_path):
     """The CUDA kernels and the GPU harness that calls them compile and link (one architecture, to be quick)."""
@@ -310,6 +370,7 @@ def test_cuda_sources_compile(tmp_path):
     kernels = [src / name for name in ("cuda_kernel.cu", "serial_if_cuda.cu", "cpu_kernel.cc", "serial_if_cpu.cc")]
     subprocess.run(
         ["nvcc", "-std=c++17", "-O2", "--fmad=false", "-Xcompiler", "-ffp-contract=off", "-arch=sm_90", "-I", str(src),
+         "-DSNNCC_CPU_VARIANT=baseline",
          str(REPO / "benchmarks" / "gpu" / "harness.cu"), *map(str, kernels), "-o", str(tmp_path / "harness")],
         check=True,
     )
@@ -325,6 +386,13 @@ CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 @pytest.mark.parametrize("steps", [1, 3, 4, 16, 128])
 def test_cuda_float32_equals_cpu(steps):
     model, x, _ = random_case(steps, per_channel=True, rank=4, seed=20 + steps)
+    np.testing.assert_array_equal(run(model, x, native=True, providers=CUDA), run(model, x, native=True))
+
+
+@needs_cuda_ep
+@pytest.mark.parametrize("steps", [1, 4, 16])
+def test_cuda_constant_input_equals_cpu(steps):
+    model, x, _, _ = constant_case(steps, per_channel=True, seed=40 + steps)
     np.testing.assert_array_equal(run(model, x, native=True, providers=CUDA), run(model, x, native=True))
 
 

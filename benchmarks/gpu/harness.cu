@@ -23,9 +23,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "cpu_kernel.h"
+#include "cpu_kernels.h"
 #include "cuda_kernel.h"
-#include "serial_if_cpu.h"
 #include "serial_if_cuda.h"
 
 using namespace snncc;
@@ -124,12 +123,17 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   }
   for (size_t k = 0; k < params.size(); ++k) params_wide[k] = widen(params[k]);
 
-  const Geometry g{steps, neurons, kChannels, kInner};
+  const Geometry g{steps, neurons, kChannels, kInner, steps};
+  // The same neurons with a constant input (constant_input = 1): X's first row at every step.
+  const Geometry constant_g{steps, neurons, kChannels, kInner, 1};
+  std::vector<float> y_constant_ref(size);
   const Params<float> cpu_params{params_wide.data(), params_wide.data() + kChannels,
                                  params_wide.data() + 2 * kChannels, 1, 1, 1};
   parallel_for(neurons, [&](int64_t begin, int64_t end) {
-    parallel_spike_cpu(x_wide.data(), cpu_params, y_parallel_ref.data(), g, Algorithm::kBinary, begin, end);
-    serial_if_cpu(x_wide.data(), cpu_params, y_serial_ref.data(), g, begin, end);
+    baseline::parallel_spike_cpu(x_wide.data(), cpu_params, y_parallel_ref.data(), g, Algorithm::kBinary, begin, end);
+    baseline::serial_if_cpu(x_wide.data(), cpu_params, y_serial_ref.data(), g, begin, end);
+    baseline::parallel_spike_cpu(x_wide.data(), cpu_params, y_constant_ref.data(), constant_g, Algorithm::kBinary,
+                                 begin, end);
   });
 
   S *d_x, *d_y, *d_params;
@@ -140,16 +144,16 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   check(cudaMemcpy(d_params, params.data(), params.size() * sizeof(S), cudaMemcpyHostToDevice), "copy params");
   const Params<void> gpu_params{d_params, d_params + kChannels, d_params + 2 * kChannels, 1, 1, 1};
   // A kernel's launch, as a callable for best_ms.
-  const auto launcher = [&](auto launch_kernel) {
-    return [&, launch_kernel] {
-      if (const char* error = launch_kernel(dtype, d_x, gpu_params, d_y, g, stream)) {
+  const auto launcher = [&](auto launch_kernel, const Geometry& geometry) {
+    return [&, launch_kernel, geometry] {
+      if (const char* error = launch_kernel(dtype, d_x, gpu_params, d_y, geometry, stream)) {
         std::fprintf(stderr, "harness: launch: %s\n", error);
         std::exit(1);
       }
     };
   };
-  const auto parallel = launcher(cuda::launch_parallel_spike);
-  const auto serial = launcher(cuda::launch_serial_if);
+  const auto parallel = launcher(cuda::launch_parallel_spike, g);
+  const auto serial = launcher(cuda::launch_serial_if, g);
   std::vector<S> y(size);
   // Runs a kernel once and counts the values that differ from its CPU kernel's.
   const auto mismatches_of = [&](auto run, const std::vector<float>& reference) {
@@ -160,6 +164,7 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   };
   const int64_t mismatches = mismatches_of(parallel, y_parallel_ref);
   const int64_t serial_mismatches = mismatches_of(serial, y_serial_ref);
+  const int64_t constant_mismatches = mismatches_of(launcher(cuda::launch_parallel_spike, constant_g), y_constant_ref);
 
   const float parallel_ms = best_ms(parallel, stream, repeats);
   const float serial_ms = best_ms(serial, stream, repeats);
@@ -174,19 +179,19 @@ void run_case(const char* type_name, int steps, int64_t neurons, int repeats, cu
   const double gb = 2.0 * size * sizeof(S) / 1e9;
   std::printf(
       "%s    {\"dtype\": \"%s\", \"T\": %d, \"neurons\": %lld, \"mismatched_values\": %lld, "
-      "\"serial_if_mismatched_values\": %lld, "
+      "\"serial_if_mismatched_values\": %lld, \"constant_input_mismatched_values\": %lld, "
       "\"ms\": {\"parallel\": %.4f, \"serial_if\": %.4f, \"copy\": %.4f}, "
       "\"gb_per_s\": {\"parallel\": %.1f, \"serial_if\": %.1f, \"copy\": %.1f}}",
       first ? "" : ",\n", type_name, steps, static_cast<long long>(neurons), static_cast<long long>(mismatches),
-      static_cast<long long>(serial_mismatches),
+      static_cast<long long>(serial_mismatches), static_cast<long long>(constant_mismatches),
       parallel_ms, serial_ms, copy_ms, gb / parallel_ms * 1e3, gb / serial_ms * 1e3, gb / copy_ms * 1e3);
   std::fflush(stdout);
   std::fprintf(stderr,
-               "harness: %s T=%d: %lld + %lld (serial IF) mismatches, parallel %.3f ms, serial IF %.3f ms, "
-               "copy %.3f ms\n",
+               "harness: %s T=%d: %lld + %lld (serial IF) + %lld (constant input) mismatches, parallel %.3f ms, "
+               "serial IF %.3f ms, copy %.3f ms\n",
                type_name, steps, static_cast<long long>(mismatches), static_cast<long long>(serial_mismatches),
-               parallel_ms, serial_ms, copy_ms);
-  if (mismatches != 0 || serial_mismatches != 0) std::exit(3);
+               static_cast<long long>(constant_mismatches), parallel_ms, serial_ms, copy_ms);
+  if (mismatches != 0 || serial_mismatches != 0 || constant_mismatches != 0) std::exit(3);
 }
 
 }  // namespace

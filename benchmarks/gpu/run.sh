@@ -7,7 +7,7 @@
 #
 # Writes into OUTDIR:
 #   build.log      building runtime/build/libsnncc_ops.so with its CUDA kernels
-#   harness.json   CUDA kernels vs CPU kernels (ParallelSpike and SerialIF; must be bit-identical),
+#   harness.json   CUDA kernels vs CPU kernels (ParallelSpike, also with constant_input, and SerialIF; must be bit-identical),
 #                  float32 and float16, and their times against a device-to-device copy
 #   ort_cuda.log   tests/test_native*.py on ONNX Runtime's CUDA execution provider (only when the
 #                  installed onnxruntime offers it, i.e. onnxruntime-gpu)
@@ -27,7 +27,7 @@ echo "== build" >&2
 PYTHON="$python" bash runtime/build.sh >"$out/build.log" 2>&1 || { tail -n 30 "$out/build.log" >&2; exit 1; }
 
 echo "== harness" >&2
-nvcc -std=c++17 -O3 --fmad=false -Xcompiler -O3,-ffp-contract=off -arch=native -I runtime/src \
+nvcc -std=c++17 -O3 --fmad=false -Xcompiler -O3,-ffp-contract=off -arch=native -I runtime/src -DSNNCC_CPU_VARIANT=baseline \
   benchmarks/gpu/harness.cu runtime/src/cuda_kernel.cu runtime/src/serial_if_cuda.cu runtime/src/cpu_kernel.cc \
   runtime/src/serial_if_cpu.cc -o "$out/harness.bin" >&2
 # shellcheck disable=SC2086  # HARNESS_ARGS is a list of words
@@ -36,7 +36,7 @@ rm -f "$out/harness.bin"
 
 if "$python" -c 'import onnxruntime, sys; sys.exit("CUDAExecutionProvider" not in onnxruntime.get_available_providers())' 2>/dev/null; then
   echo "== ONNX Runtime CUDA execution provider" >&2
-  PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -q -rs tests/test_native.py tests/test_native_serial_if.py >"$out/ort_cuda.log" 2>&1 || status=1
+  PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -q -rs tests/test_native.py tests/test_native_serial_if.py tests/test_native_spike_count.py >"$out/ort_cuda.log" 2>&1 || status=1
   tail -n 3 "$out/ort_cuda.log" >&2
 else
   echo "== ONNX Runtime has no CUDA execution provider here (install onnxruntime-gpu): skipped" >&2

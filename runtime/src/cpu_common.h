@@ -1,5 +1,7 @@
-// Pieces shared by the CPU kernels (no ONNX Runtime dependency): the chunk size, the arithmetic
-// type, the per-channel parameter gather and the output row store.
+// Pieces shared by the CPU kernel sources (no ONNX Runtime dependency): the arithmetic type, the
+// per-channel parameter gather and the output row stores. Included only by those sources, inside
+// nothing: like them, it puts its definitions into the namespace of the variant being compiled
+// (SNNCC_CPU_VARIANT), so that no inline function is shared between variants.
 #pragma once
 
 #include <algorithm>
@@ -9,13 +11,10 @@
 #include <emmintrin.h>
 #endif
 
-#include "layout.h"
+#include "cpu_kernels.h"
 
 namespace snncc {
-
-/// Neurons per work item: a work item reads T rows of this many contiguous values (16 KiB of
-/// float32: long enough for the hardware prefetchers, small enough for its arrays to stay in L2).
-constexpr int64_t kCpuChunk = 4096;
+namespace SNNCC_CPU_VARIANT {
 
 /// Arithmetic type for storage type S: float32 for float and _Float16 (IEEE binary16), double for
 /// double.
@@ -59,17 +58,12 @@ bool streams_output(const Geometry& g) {
   return g.steps * g.neurons * static_cast<int64_t>(sizeof(S)) >= kStreamBytes;
 }
 
-/// dst[j] = src[j] for j < n; non-temporal stores where `stream` and the type allows.
-template <typename S>
-void store_row(S* __restrict dst, const S* __restrict src, int64_t n, bool stream) {
+/// dst[j] = src[j] for j < n with non-temporal stores (where SSE2 has them).
+inline void stream_row(float* __restrict dst, const float* __restrict src, int64_t n) {
   int64_t j = 0;
 #if defined(__SSE2__)
-  if constexpr (std::is_same_v<S, float>) {
-    if (stream) {
-      for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
-      for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
-    }
-  }
+  for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) dst[j] = src[j];
+  for (; j + 4 <= n; j += 4) _mm_stream_ps(dst + j, _mm_loadu_ps(src + j));
 #endif
   std::copy(src + j, src + n, dst + j);
 }
@@ -81,4 +75,5 @@ inline void finish_stores() {
 #endif
 }
 
+}  // namespace SNNCC_CPU_VARIANT
 }  // namespace snncc

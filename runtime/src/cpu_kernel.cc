@@ -1,13 +1,14 @@
 // CPU kernel of snn.ParallelSpike. A range of neurons is processed in chunks of kCpuChunk
 // neurons; every inner loop runs over neurons that are contiguous in memory, so it vectorises:
-//   1. mean current: sum the T rows in step order, then divide by T (ONNX Runtime's ReduceMean
-//      over the leading axis does the same, so for float and double m matches the model-local
-//      function bit for bit; _Float16 values are summed in float32);
+//   1. mean current: sum the rows of X in step order, then divide by their number (T, or 1 for a
+//      constant current; ONNX Runtime's ReduceMean over the leading axis does the same, so for
+//      float and double m matches the model-local function bit for bit; _Float16 values are
+//      summed in float32);
 //   2. drive and spike count (binary / closed), or nothing (dense);
-//   3. output rows, one step at a time (large float32 outputs: selected and streamed to memory in
-//      one pass, without the row buffer).
+//   3. output rows, one step at a time, written straight into Y (large float32 outputs with
+//      non-temporal stores).
 // Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu).
-#include "cpu_kernel.h"
+#include "cpu_kernels.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -20,6 +21,7 @@
 #include "cpu_common.h"
 
 namespace snncc {
+namespace SNNCC_CPU_VARIANT {
 namespace {
 
 /// One chunk of neurons between its two passes over the T steps: the first pass sums its
@@ -37,42 +39,46 @@ struct Chunk {
   int64_t n = 0;      // neurons in the chunk
 };
 
-/// Per-thread working memory (too large for every thread's stack): two chunks in flight and
-/// one output row, built in cache and then stored.
+/// Per-thread working memory (too large for every thread's stack): two chunks in flight.
 template <typename S>
 struct Scratch {
   Chunk<S> chunks[2];
-  alignas(64) S out[kCpuChunk];
 };
 
 /// The T steps, passed in groups of this many rows.
 constexpr int kRowGroup = 4;
 
-/// Adds rows [t, t + rows) of the chunk's currents to its sums, in step order (row 0 starts
-/// them). Four rows per pass keep the partial sum in a register without changing the order.
-template <typename S>
-void accumulate(const S* __restrict x, int64_t stride, int t, int rows, Chunk<S>& c) {
+/// sum[j] (Starts: =, else +=) the Rows rows from r on (`stride` apart), added in step order in
+/// one pass: the partial sum stays in a register.
+template <int Rows, bool Starts, typename S>
+void add_rows(const S* __restrict r, int64_t stride, int64_t n, CpuMath<S>* __restrict sum) {
   using F = CpuMath<S>;
+  for (int64_t j = 0; j < n; ++j) {
+    F acc = Starts ? static_cast<F>(r[j]) : sum[j] + static_cast<F>(r[j]);
+    for (int k = 1; k < Rows; ++k) acc += static_cast<F>(r[k * stride + j]);
+    sum[j] = acc;
+  }
+}
+
+template <int Rows, typename S>
+void add_rows(bool starts, const S* r, int64_t stride, int64_t n, CpuMath<S>* sum) {
+  if (starts) {
+    add_rows<Rows, true>(r, stride, n, sum);
+  } else {
+    add_rows<Rows, false>(r, stride, n, sum);
+  }
+}
+
+/// Adds rows [t, t + rows) (rows <= kRowGroup) of the chunk's currents to its sums, in step
+/// order; row 0 starts them.
+template <typename S>
+void accumulate(const S* x, int64_t stride, int t, int rows, Chunk<S>& c) {
   const S* r = x + c.first + t * stride;
-  F* __restrict sum = c.drive;
-  if (t == 0) {
-    for (int64_t j = 0; j < c.n; ++j) sum[j] = static_cast<F>(r[j]);
-    r += stride;
-    --rows;
-  }
-  if (rows == kRowGroup) {
-    for (int64_t j = 0; j < c.n; ++j) {
-      F acc = sum[j];
-      acc += static_cast<F>(r[j]);
-      acc += static_cast<F>(r[stride + j]);
-      acc += static_cast<F>(r[2 * stride + j]);
-      acc += static_cast<F>(r[3 * stride + j]);
-      sum[j] = acc;
-    }
-    return;
-  }
-  for (; rows > 0; --rows, r += stride) {
-    for (int64_t j = 0; j < c.n; ++j) sum[j] += static_cast<F>(r[j]);
+  switch (rows) {
+    case 1: return add_rows<1>(t == 0, r, stride, c.n, c.drive);
+    case 2: return add_rows<2>(t == 0, r, stride, c.n, c.drive);
+    case 3: return add_rows<3>(t == 0, r, stride, c.n, c.drive);
+    default: return add_rows<kRowGroup>(t == 0, r, stride, c.n, c.drive);
   }
 }
 
@@ -82,66 +88,69 @@ void decide(const Params<S>& params, const Geometry& g, Algorithm algorithm, Chu
   using F = CpuMath<S>;
   const int steps = static_cast<int>(g.steps);
   const F steps_f = static_cast<F>(steps);
+  const F input_steps_f = static_cast<F>(g.input_steps);
   const int64_t n = c.n;
   gather(params.theta_pre, params.theta_pre_stride, g, c.first, n, c.theta_pre);
   gather(params.theta_post, params.theta_post_stride, g, c.first, n, c.theta_post);
   gather(params.psi, params.psi_stride, g, c.first, n, c.psi);
-  for (int64_t j = 0; j < n; ++j) c.drive[j] = drive(c.drive[j] / steps_f, c.theta_pre[j], c.psi[j], steps_f);
-  if (algorithm == Algorithm::kDense) return;  // decided step by step while writing
   if (algorithm == Algorithm::kBinary) {
-    // count_binary, interleaved over the chunk: the same strides for every neuron.
-    std::fill(c.count, c.count + n, 0);
-    for (int s = top_stride(steps); s > 0; s >>= 1) {
+    // count_binary, interleaved over the chunk: the same strides for every neuron (bitwise &: no
+    // branch, so the loops vectorise). The first stride shares its pass with the drive.
+    const int top = top_stride(steps);
+    for (int64_t j = 0; j < n; ++j) {
+      const F d = drive(c.drive[j] / input_steps_f, c.theta_pre[j], c.psi[j], steps_f);
+      c.drive[j] = d;
+      c.count[j] = fires(d, c.theta_pre[j], top) ? top : 0;
+    }
+    for (int s = top >> 1; s > 0; s >>= 1) {
       for (int64_t j = 0; j < n; ++j) {
-        const int candidate = c.count[j] + s;  // bitwise &: no branch, so the loop vectorises
+        const int candidate = c.count[j] + s;
         c.count[j] += (candidate <= steps) & fires(c.drive[j], c.theta_pre[j], candidate) ? s : 0;
       }
     }
   } else {
+    for (int64_t j = 0; j < n; ++j) c.drive[j] = drive(c.drive[j] / input_steps_f, c.theta_pre[j], c.psi[j], steps_f);
+    if (algorithm == Algorithm::kDense) return;  // decided step by step while writing
     for (int64_t j = 0; j < n; ++j) c.count[j] = count_closed(c.drive[j], c.theta_pre[j], steps);
   }
   for (int64_t j = 0; j < n; ++j) c.first_step[j] = static_cast<F>(steps - c.count[j]);
 }
 
-/// Writes output rows [t, t + rows) of a decided chunk.
+/// Writes output rows [t, t + rows) of a decided chunk into Y.
 template <typename S>
-void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int rows, bool stream, S* out,
-          S* y) {
+void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int rows, bool stream, S* y) {
   using F = CpuMath<S>;
   const int64_t n = c.n;
   for (const int end = t + rows; t < end; ++t) {
+    S* __restrict dst = y + c.first + t * g.neurons;
     if (algorithm == Algorithm::kDense) {
       const int remaining = static_cast<int>(g.steps) - t;
       for (int64_t j = 0; j < n; ++j) {
         const S spike = c.theta_post[j];  // loaded unconditionally, so the select vectorises
-        out[j] = fires(c.drive[j], c.theta_pre[j], remaining) ? spike : S(0);
+        dst[j] = fires(c.drive[j], c.theta_pre[j], remaining) ? spike : S(0);
       }
-    } else {
-      const F t_f = static_cast<F>(t);
+      continue;
+    }
+    const F t_f = static_cast<F>(t);
+    int64_t j = 0;
 #if defined(__SSE2__)
-      if constexpr (std::is_same_v<S, float>) {
-        if (stream) {  // select and stream in one pass, without the row buffer
-          float* dst = y + c.first + t * g.neurons;
-          int64_t j = 0;
-          for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) {
-            dst[j] = t_f >= c.first_step[j] ? c.theta_post[j] : 0.0f;
-          }
-          const __m128 step = _mm_set1_ps(t_f);
-          for (; j + 4 <= n; j += 4) {
-            const __m128 fired = _mm_cmpge_ps(step, _mm_loadu_ps(c.first_step + j));
-            _mm_stream_ps(dst + j, _mm_and_ps(fired, _mm_loadu_ps(c.theta_post + j)));
-          }
-          for (; j < n; ++j) dst[j] = t_f >= c.first_step[j] ? c.theta_post[j] : 0.0f;
-          continue;
+    if constexpr (std::is_same_v<S, float>) {
+      if (stream) {  // non-temporal: the output cannot stay in cache anyway (kStreamBytes)
+        for (; j < n && reinterpret_cast<uintptr_t>(dst + j) % 16 != 0; ++j) {
+          dst[j] = t_f >= c.first_step[j] ? c.theta_post[j] : 0.0f;
+        }
+        const __m128 step = _mm_set1_ps(t_f);
+        for (; j + 4 <= n; j += 4) {
+          const __m128 fired = _mm_cmpge_ps(step, _mm_loadu_ps(c.first_step + j));
+          _mm_stream_ps(dst + j, _mm_and_ps(fired, _mm_loadu_ps(c.theta_post + j)));
         }
       }
-#endif
-      for (int64_t j = 0; j < n; ++j) {
-        const S spike = c.theta_post[j];
-        out[j] = t_f >= c.first_step[j] ? spike : S(0);
-      }
     }
-    store_row(y + c.first + t * g.neurons, out, n, stream);
+#endif
+    for (; j < n; ++j) {
+      const S spike = c.theta_post[j];
+      dst[j] = t_f >= c.first_step[j] ? spike : S(0);
+    }
   }
 }
 
@@ -155,6 +164,7 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
                         Algorithm algorithm, int64_t begin, int64_t end) {
   thread_local const std::unique_ptr<Scratch<S>> scratch = std::make_unique<Scratch<S>>();
   const int steps = static_cast<int>(geometry.steps);
+  const int input_steps = static_cast<int>(geometry.input_steps);
   const bool stream = streams_output<S>(geometry);
   Chunk<S>* previous = nullptr;
   for (int64_t first = begin, k = 0; first < end || previous != nullptr; first += kCpuChunk, ++k) {
@@ -165,8 +175,10 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
     }
     for (int t = 0; t < steps; t += kRowGroup) {
       const int rows = std::min(kRowGroup, steps - t);
-      if (current != nullptr) accumulate(x, geometry.neurons, t, rows, *current);
-      if (previous != nullptr) emit(*previous, geometry, algorithm, t, rows, stream, scratch->out, y);
+      if (current != nullptr && t < input_steps) {
+        accumulate(x, geometry.neurons, t, std::min(kRowGroup, input_steps - t), *current);
+      }
+      if (previous != nullptr) emit(*previous, geometry, algorithm, t, rows, stream, y);
     }
     if (current != nullptr) decide(params, geometry, algorithm, *current);
     previous = current;
@@ -181,4 +193,5 @@ SNNCC_INSTANTIATE(double)
 SNNCC_INSTANTIATE(_Float16)
 #undef SNNCC_INSTANTIATE
 
+}  // namespace SNNCC_CPU_VARIANT
 }  // namespace snncc

@@ -11,13 +11,16 @@
 
 namespace snncc {
 
-/// One call: X is [T*B, C, ...] time-major, viewed as [T, neurons]; neuron i has channel
+/// One call: Y is [T*B, C, ...] time-major, viewed as [T, neurons]; X is viewed as
+/// [input_steps, neurons]: one row per step (input_steps = T), or one row that holds every step's
+/// input (input_steps = 1: a current constant over the steps). Neuron i has channel
 /// (i / inner) % channels.
 struct Geometry {
-  int64_t steps;     // T
-  int64_t neurons;   // elements per step: B * C * inner
-  int64_t channels;  // X.shape[1] (1 for rank-1 X)
-  int64_t inner;     // prod(X.shape[2:])
+  int64_t steps;        // T
+  int64_t neurons;      // elements per step: B * C * inner
+  int64_t channels;     // X.shape[1] (1 for rank-1 X)
+  int64_t inner;        // prod(X.shape[2:])
+  int64_t input_steps;  // rows of X: T, or 1
 };
 
 /// Per-channel parameters: element c * stride of each array, stride 0 (one value) or 1 ([C]).

@@ -7,13 +7,12 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
-#include "cpu_kernel.h"
-#include "serial_if_cpu.h"
-#include "spike_count_cpu.h"
+#include "cpu_kernels.h"
 #if SNNCC_WITH_CUDA
 #include "cuda_kernel.h"
 #include "serial_if_cuda.h"
@@ -53,12 +52,38 @@ Algorithm algorithm_from_environment(const char* op) {
   fail(op, "SNNCC_NEURON_ALGO must be binary, dense or closed, not '" + name + "'");
 }
 
+/// SNNCC_CPU_VARIANT = avx | baseline: the CPU kernels' instruction-set variant (default: avx
+/// where this build and the CPU have it).
+CpuVariant cpu_variant_from_environment(const char* op) {
+  const char* value = std::getenv("SNNCC_CPU_VARIANT");
+  const std::string name = value == nullptr ? "" : value;
+  if (name == "baseline") return CpuVariant::kBaseline;
+  if (name.empty() || name == "avx") {
+    if (avx_available()) return CpuVariant::kAvx;
+    if (name.empty()) return CpuVariant::kBaseline;
+    fail(op, "SNNCC_CPU_VARIANT=avx, but this build or CPU has no AVX variant");
+  }
+  fail(op, "SNNCC_CPU_VARIANT must be avx or baseline, not '" + name + "'");
+}
+
 /// The node's attribute T.
 int64_t steps_attribute(const OrtKernelInfo* info, const char* op) {
   const auto steps = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("T");
   // Up to 2^24, T and every step index are exact in float32 and fit the kernels' int.
   if (steps < 1 || steps > (int64_t{1} << 24)) fail(op, "attribute T must be in 1..2^24, got " + std::to_string(steps));
   return steps;
+}
+
+/// The node's optional attribute constant_input (ParallelSpike): 0 (default) or 1.
+bool constant_input_attribute(const OrtKernelInfo* info, const char* op) {
+  int64_t value = 0;
+  OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, "constant_input", &value);
+  if (missing != nullptr) {
+    Ort::GetApi().ReleaseStatus(missing);
+    return false;
+  }
+  if (value != 0 && value != 1) fail(op, "attribute constant_input must be 0 or 1, got " + std::to_string(value));
+  return value == 1;
 }
 
 /// Stride of a parameter over channels: 0 for one value, 1 for one per channel.
@@ -70,28 +95,29 @@ int64_t parameter_stride(const char* op, const Ort::ConstValue& value, const cha
        std::to_string(channels));
 }
 
-/// One validated call of a neuron op: X (or M), theta_pre, [theta_post,] psi. X is viewed as
-/// [steps, neurons]: `steps` is T for a time-expanded X (ParallelSpike, SerialIF) and 1 for an
-/// input without a time axis (SpikeCount, whose T only enters the arithmetic). Without
-/// theta_post (SpikeCount), params.theta_post is null.
+/// One validated call of a neuron op: X (or M), theta_pre, [theta_post,] psi. Y has `steps` rows
+/// of neurons (T for ParallelSpike and SerialIF, 1 for SpikeCount, whose T only enters the
+/// arithmetic), X has `input_steps` rows (T, or 1: a current constant over the steps), so Y's
+/// first dimension is X's times steps / input_steps. Without theta_post (SpikeCount),
+/// params.theta_post is null.
 struct Call {
   Geometry geometry{};
   Params<void> params{};
   const void* x = nullptr;
   void* y = nullptr;
 
-  Call(OrtKernelContext* context, int64_t steps, bool with_theta_post, const char* op) {
+  Call(OrtKernelContext* context, int64_t steps, int64_t input_steps, bool with_theta_post, const char* op) {
     Ort::KernelContext ctx(context);
     const Ort::ConstValue x_value = ctx.GetInput(0);
-    const std::vector<int64_t> shape = x_value.GetTensorTypeAndShapeInfo().GetShape();
+    std::vector<int64_t> shape = x_value.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty()) fail(op, "X must have rank >= 1");
-    if (shape[0] % steps != 0) {
+    if (shape[0] % input_steps != 0) {
       fail(op, "X.shape[0] = " + std::to_string(shape[0]) + " is not a multiple of T = " + std::to_string(steps));
     }
     int64_t inner = 1;
     for (size_t axis = 2; axis < shape.size(); ++axis) inner *= shape[axis];
     const int64_t channels = shape.size() > 1 ? shape[1] : 1;
-    geometry = {steps, shape[0] / steps * channels * inner, channels, inner};
+    geometry = {steps, shape[0] / input_steps * channels * inner, channels, inner, input_steps};
     const Ort::ConstValue theta_pre = ctx.GetInput(1);
     const Ort::ConstValue psi = ctx.GetInput(with_theta_post ? 3 : 2);
     params.theta_pre = theta_pre.GetTensorRawData();
@@ -104,12 +130,13 @@ struct Call {
       params.theta_post_stride = parameter_stride(op, theta_post, "theta_post", channels);
     }
     x = x_value.GetTensorRawData();
+    shape[0] = shape[0] / input_steps * steps;
     y = ctx.GetOutput(0, shape).GetTensorMutableRawData();
   }
 
   template <typename Op, typename Config>
   Call(OrtKernelContext* context, const Op& /*op*/, const Config& config)
-      : Call(context, Op::kTimeAxis ? config.steps : 1, Op::kInputs == 4, Op::kName) {}
+      : Call(context, Op::output_steps(config), Op::input_steps(config), Op::kInputs == 4, Op::kName) {}
 };
 
 /// The element type with ONNX type Type, on the CPU.
@@ -128,26 +155,28 @@ struct CpuStorage<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> {
   using type = _Float16;
 };
 
-/// snn.ParallelSpike: the op's name, inputs (X, theta_pre, theta_post, psi; X time-major), what a
-/// kernel instance fixes when the session creates it (T and the algorithm), and its CPU and CUDA
-/// kernels.
+/// snn.ParallelSpike: the op's name, inputs (X, theta_pre, theta_post, psi; X time-major, or one
+/// step when the attribute constant_input is 1), what a kernel instance fixes when the session
+/// creates it (T, constant_input and the algorithm), and its CPU and CUDA kernels.
 struct ParallelSpike {
   static constexpr const char* kName = "ParallelSpike";
   static constexpr size_t kInputs = 4;
-  static constexpr bool kTimeAxis = true;
   struct Config {
     int64_t steps;
+    bool constant_input;
     Algorithm algorithm;
   };
 
   static Config configure(const OrtKernelInfo* info) {
-    return {steps_attribute(info, kName), algorithm_from_environment(kName)};
+    return {steps_attribute(info, kName), constant_input_attribute(info, kName), algorithm_from_environment(kName)};
   }
+  static int64_t output_steps(const Config& config) { return config.steps; }
+  static int64_t input_steps(const Config& config) { return config.constant_input ? 1 : config.steps; }
 
   template <typename S>
-  static void cpu(const S* x, const Params<S>& params, S* y, const Geometry& geometry, const Config& config,
-                  int64_t begin, int64_t end) {
-    parallel_spike_cpu(x, params, y, geometry, config.algorithm, begin, end);
+  static void cpu(CpuVariant variant, const S* x, const Params<S>& params, S* y, const Geometry& geometry,
+                  const Config& config, int64_t begin, int64_t end) {
+    SNNCC_CPU_DISPATCH(variant, parallel_spike_cpu<S>)(x, params, y, geometry, config.algorithm, begin, end);
   }
 
 #if SNNCC_WITH_CUDA
@@ -172,11 +201,12 @@ struct StepsConfig {
 struct SerialIF : StepsConfig<SerialIF> {
   static constexpr const char* kName = "SerialIF";
   static constexpr size_t kInputs = 4;
-  static constexpr bool kTimeAxis = true;
+  static int64_t output_steps(const Config& config) { return config.steps; }
+  static int64_t input_steps(const Config& config) { return config.steps; }
 
-  static void cpu(const float* x, const Params<float>& params, float* y, const Geometry& geometry,
-                  const Config& /*config*/, int64_t begin, int64_t end) {
-    serial_if_cpu(x, params, y, geometry, begin, end);
+  static void cpu(CpuVariant variant, const float* x, const Params<float>& params, float* y,
+                  const Geometry& geometry, const Config& /*config*/, int64_t begin, int64_t end) {
+    SNNCC_CPU_DISPATCH(variant, serial_if_cpu)(x, params, y, geometry, begin, end);
   }
 
 #if SNNCC_WITH_CUDA
@@ -193,12 +223,13 @@ struct SerialIF : StepsConfig<SerialIF> {
 struct SpikeCount : StepsConfig<SpikeCount> {
   static constexpr const char* kName = "SpikeCount";
   static constexpr size_t kInputs = 3;
-  static constexpr bool kTimeAxis = false;
+  static int64_t output_steps(const Config& /*config*/) { return 1; }
+  static int64_t input_steps(const Config& /*config*/) { return 1; }
 
   template <typename S>
-  static void cpu(const S* m, const Params<S>& params, S* k, const Geometry& geometry, const Config& config,
-                  int64_t begin, int64_t end) {
-    spike_count_cpu(m, params, k, geometry, config.steps, begin, end);
+  static void cpu(CpuVariant variant, const S* m, const Params<S>& params, S* k, const Geometry& geometry,
+                  const Config& config, int64_t begin, int64_t end) {
+    SNNCC_CPU_DISPATCH(variant, spike_count_cpu<S>)(m, params, k, geometry, config.steps, begin, end);
   }
 
 #if SNNCC_WITH_CUDA
@@ -208,6 +239,9 @@ struct SpikeCount : StepsConfig<SpikeCount> {
   }
 #endif
 };
+
+/// Input values (neurons x steps) below which a CPU call is not split further (see ComputeV2).
+constexpr int64_t kMinItemValues = int64_t{1} << 16;
 
 /// The CPUExecutionProvider kernel of op Op (ParallelSpike, SerialIF, SpikeCount) for element type Type,
 /// parallel over chunks of neurons on ORT's intra-op thread pool. An op's CPU kernels cover every
@@ -220,6 +254,10 @@ struct CpuKernel {
   static constexpr const char* kProvider = "CPUExecutionProvider";
   static constexpr ONNXTensorElementDataType kType = Type;
   typename Op::Config config;
+  CpuVariant variant;
+
+  explicit CpuKernel(const OrtKernelInfo* info)
+      : config(Op::configure(info)), variant(cpu_variant_from_environment(Op::kName)) {}
 
   struct Work {
     const S* x;
@@ -227,13 +265,15 @@ struct CpuKernel {
     S* y;
     Geometry geometry;
     typename Op::Config config;
+    CpuVariant variant;
     int64_t item_neurons;  // neurons per work item, a multiple of kCpuChunk
   };
 
   static void run_item(void* data, size_t item) {
     const auto& w = *static_cast<const Work*>(data);
     const int64_t begin = static_cast<int64_t>(item) * w.item_neurons;
-    Op::cpu(w.x, w.params, w.y, w.geometry, w.config, begin, std::min(begin + w.item_neurons, w.geometry.neurons));
+    Op::cpu(w.variant, w.x, w.params, w.y, w.geometry, w.config, begin,
+            std::min(begin + w.item_neurons, w.geometry.neurons));
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -246,12 +286,16 @@ struct CpuKernel {
                 static_cast<S*>(call.y),
                 call.geometry,
                 config,
+                variant,
                 0};
       // Work items of whole chunks: up to 16 each, so that most chunks overlap their reads with
       // the previous chunk's writes (ParallelSpike), yet 64 items or more where there are enough
-      // chunks, so that any thread count gets balanced work.
+      // chunks, so that any thread count gets balanced work; but no item reads fewer than
+      // kMinItemValues inputs where the call has that many, so that a small call runs on the
+      // calling thread instead of paying to wake others.
       const int64_t chunks = (call.geometry.neurons + kCpuChunk - 1) / kCpuChunk;
-      work.item_neurons = std::clamp<int64_t>(chunks / 64, 1, 16) * kCpuChunk;
+      const int64_t min_chunks = (kMinItemValues + kCpuChunk * call.geometry.steps - 1) / (kCpuChunk * call.geometry.steps);
+      work.item_neurons = std::clamp<int64_t>(chunks / 64, min_chunks, std::max<int64_t>(16, min_chunks)) * kCpuChunk;
       const int64_t items = (call.geometry.neurons + work.item_neurons - 1) / work.item_neurons;
       if (items > 0) Ort::KernelContext(context).ParallelFor(run_item, static_cast<size_t>(items), 0, &work);
     });
@@ -267,6 +311,8 @@ struct CudaKernel {
   static constexpr const char* kProvider = "CUDAExecutionProvider";
   static constexpr ONNXTensorElementDataType kType = Type;
   typename Op::Config config;
+
+  explicit CudaKernel(const OrtKernelInfo* info) : config(Op::configure(info)) {}
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
@@ -286,7 +332,7 @@ struct CudaKernel {
 template <typename Kernel>
 struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/true> {
   OrtStatusPtr CreateKernelV2(const OrtApi& /*api*/, const OrtKernelInfo* info, void** kernel) const {
-    return guarded([&] { *kernel = new Kernel{Kernel::OpType::configure(info)}; });
+    return guarded([&] { *kernel = new Kernel(info); });
   }
   const char* GetName() const { return Kernel::OpType::kName; }
   const char* GetExecutionProviderType() const { return Kernel::kProvider; }
@@ -297,23 +343,54 @@ struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/tru
 
   NeuronOp() { this->InferOutputShapeFn = output_like_x; }
 
-  /// Y has X's type and shape. ORT merges the ops of one name into one schema that uses one
-  /// op's function for every type, so the type comes from X, not from Kernel. The shape is passed
-  /// on only when each dimension is a number or a symbol: ORT would turn an unknown dimension
-  /// into the number -1, and an unknown rank into rank 0.
+  /// Y has X's type and shape, except for a ParallelSpike with constant_input = 1, whose first
+  /// dimension is T times X's. ORT merges the ops of one name into one schema that uses one op's
+  /// function for every type, so the type comes from X, not from Kernel. The shape is passed on
+  /// only when each dimension is a number or a symbol (with constant_input, a number): ORT would
+  /// turn an unknown dimension into the number -1, and an unknown rank into rank 0.
   static OrtStatusPtr output_like_x(const OrtCustomOp* /*op*/, OrtShapeInferContext* ctx) {
     return guarded([&] {
       const OrtApi& api = Ort::GetApi();
       OrtTensorTypeAndShapeInfo* x_info = nullptr;  // owned by ctx
       Ort::ThrowOnError(api.ShapeInferContext_GetInputTypeShape(ctx, 0, &x_info));
       const Ort::ConstTensorTypeAndShapeInfo x_type(x_info);
-      const std::vector<int64_t> dims = x_type.GetShape();
+      std::vector<int64_t> dims = x_type.GetShape();
       std::vector<const char*> symbols(dims.size());
       x_type.GetSymbolicDimensions(symbols.data(), symbols.size());
       bool known = !dims.empty();
       for (size_t axis = 0; axis < dims.size(); ++axis) known &= dims[axis] >= 0 || *symbols[axis] != '\0';
-      if (known) Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, x_info));
+      if (!known) return;
+      const int64_t repeats = int_attribute(ctx, "constant_input", 0) == 1 ? int_attribute(ctx, "T", 1) : 1;
+      if (repeats == 1) {
+        Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, x_info));
+        return;
+      }
+      if (std::any_of(dims.begin(), dims.end(), [](int64_t d) { return d < 0; })) return;
+      dims[0] *= repeats;
+      OrtTensorTypeAndShapeInfo* y_info = nullptr;
+      Ort::ThrowOnError(api.CreateTensorTypeAndShapeInfo(&y_info));
+      const std::unique_ptr<OrtTensorTypeAndShapeInfo, decltype(api.ReleaseTensorTypeAndShapeInfo)> owned(
+          y_info, api.ReleaseTensorTypeAndShapeInfo);
+      Ort::ThrowOnError(api.SetTensorElementType(y_info, x_type.GetElementType()));
+      Ort::ThrowOnError(api.SetDimensions(y_info, dims.data(), dims.size()));
+      Ort::ThrowOnError(api.ShapeInferContext_SetOutputTypeShape(ctx, 0, y_info));
     });
+  }
+
+  /// The node's int attribute `name`, or `fallback` when it has none.
+  static int64_t int_attribute(OrtShapeInferContext* ctx, const char* name, int64_t fallback) {
+    const OrtApi& api = Ort::GetApi();
+    const OrtOpAttr* attr = nullptr;
+    OrtStatus* missing = api.ShapeInferContext_GetAttribute(ctx, name, &attr);
+    if (missing != nullptr) {
+      api.ReleaseStatus(missing);
+      return fallback;
+    }
+    if (attr == nullptr) return fallback;
+    int64_t value = fallback;
+    size_t size = 0;
+    Ort::ThrowOnError(api.ReadOpAttr(attr, ORT_OP_ATTR_INT, &value, sizeof value, &size));
+    return value;
   }
 };
 

@@ -2,7 +2,7 @@
 // per-channel parameters gathered into cache-resident scratch first, so that the inner loop runs
 // over contiguous neurons without a branch and vectorises (float32, float64; float16 converts
 // element by element).
-#include "spike_count_cpu.h"
+#include "cpu_kernels.h"
 
 #include <algorithm>
 #include <memory>
@@ -11,6 +11,7 @@
 #include "spike_count.h"
 
 namespace snncc {
+namespace SNNCC_CPU_VARIANT {
 namespace {
 
 /// Per-thread working memory (too large for every thread's stack): one chunk's parameters.
@@ -64,4 +65,5 @@ SNNCC_INSTANTIATE(double)
 SNNCC_INSTANTIATE(_Float16)
 #undef SNNCC_INSTANTIATE
 
+}  // namespace SNNCC_CPU_VARIANT
 }  // namespace snncc

@@ -3,7 +3,8 @@
 
 Invariant after the pass: no internal Activation node remains; every value downstream of a
 neuron and upstream of the read-out has batch T*B (time-major, step t owns rows t*B..(t+1)*B-1);
-an analog value entering that region is tiled T times (direct encoding); every edge from the
+an analog value entering that region is tiled T times (direct encoding), except where it enters a
+parallel neuron, which reads it once as its mean current (constant_input = 1); every edge from the
 spiking region into the read-out (and every spiking graph output) goes through the T-mean, so
 graph outputs keep batch B and equal the ANN's outputs.
 """
@@ -75,12 +76,16 @@ class ExpandTimePass(ir.passes.InPlacePass):
         rank = rank_of(x)
         if rank is None:
             raise AssertionError(f"rank of {x.name} unknown after shape inference")
+        attributes = {"T": self.steps}
         if flow.of(x) is not Region.SPIKING:
-            x = self._tile(x, node)
+            if self.neuron_op == ops.PARALLEL_SPIKE:  # it needs only the mean current: x itself
+                attributes["constant_input"] = 1
+            else:
+                x = self._tile(x, node)
         base = node.name.replace("/", "_").strip("_") or "neuron"
         inputs = [x] + [self._const(f"{base}.{key}", broadcast_parameter(getattr(params, key), rank))
                         for key in ("theta_pre", "theta_post", "psi")]
-        neuron = ir.node(self.neuron_op, inputs, attributes={"T": self.steps}, domain=ops.DOMAIN,
+        neuron = ir.node(self.neuron_op, inputs, attributes=attributes, domain=ops.DOMAIN,
                          name=self._names(node.name.replace("Activation", self.neuron_op)))
         tag_neuron(neuron, node, params, self.neuron_doc, PASS_NAME)
         replace_node(self._graph, node, [neuron], [neuron.outputs[0]])
