@@ -9,6 +9,9 @@ The op runs through ONNX Runtime with I/O binding to preallocated arrays (no all
   dense     native, every step compared (SNNCC_NEURON_ALGO=dense)
   binary    native, binary search for the first firing step (the default)
   closed    native, closed-form spike count
+  baseline  binary, with the kernels' baseline instruction-set variant (SNNCC_CPU_VARIANT=baseline;
+            the others run the variant the library picks for this CPU: AVX where it has it)
+  serial IF the native snn.SerialIF kernel on the same currents (the baseline neuron, step by step)
 Where T·N would exceed the memory cap, N is scaled down for that T; the table says so.
 
     python benchmarks/neuron.py [--neurons 16777216] [--steps 4 8 ...] [--threads 2]
@@ -39,22 +42,21 @@ from snncc.session import native_library_path
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "performance.md"
 SECTION = "## Neuron kernel"
-METHODS = ["copy", "function", "dense", "binary", "closed"]
 CHANNELS = 64
 # Peak bytes per element of the [T*N] tensor: X and Y (4 + 4) plus what the function's run
 # allocates on top (about 15.4 measured with ONNX Runtime 1.32: temporaries, arena rounding).
 BYTES_PER_ELEMENT_PEAK = 24
 
 
-def layer_model(steps: int, channels: int) -> onnx.ModelProto:
-    """One ParallelSpike on X [T*N/C, C] with per-channel parameters."""
+def layer_model(steps: int, channels: int, op_type: str = "ParallelSpike") -> onnx.ModelProto:
+    """One ParallelSpike (or SerialIF) on X [T*N/C, C] with per-channel parameters."""
     rng = np.random.default_rng(0)
     params = {
         "theta_pre": rng.uniform(0.5, 1.5, channels),
         "theta_post": rng.uniform(0.5, 1.5, channels),
         "psi": rng.uniform(-0.1, 0.1, channels),
     }
-    node = oh.make_node("ParallelSpike", ["X", *params], ["Y"], domain=DOMAIN, T=steps)
+    node = oh.make_node(op_type, ["X", *params], ["Y"], domain=DOMAIN, T=steps)
     graph = oh.make_graph(
         [node],
         "neuron",
@@ -80,9 +82,12 @@ def best_seconds(runners: dict, repeats: int) -> dict[str, float]:
     return best
 
 
-def op_runner(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, *, native: bool, algorithm: str, threads: int):
-    """A zero-argument callable running the op on x into y via I/O binding."""
-    os.environ["SNNCC_NEURON_ALGO"] = algorithm  # read by the kernel when the session creates it
+def op_runner(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, *, native: bool, algorithm: str, threads: int,
+              variant: str = ""):
+    """A zero-argument callable running the op on x into y via I/O binding; `variant` picks the
+    kernels' instruction-set variant ("" = the library's choice for this CPU)."""
+    os.environ["SNNCC_NEURON_ALGO"] = algorithm  # both read by the kernel when the session creates it
+    os.environ["SNNCC_CPU_VARIANT"] = variant
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -114,6 +119,9 @@ def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
         "copy": copy_runner(x, y, pool, threads),
         "function": op_runner(model, x, y, native=False, algorithm="binary", threads=threads),
         **{a: op_runner(model, x, y, native=True, algorithm=a, threads=threads) for a in ("dense", "binary", "closed")},
+        "baseline": op_runner(model, x, y, native=True, algorithm="binary", threads=threads, variant="baseline"),
+        "serial IF": op_runner(layer_model(steps, CHANNELS, "SerialIF"), x, y, native=True, algorithm="binary",
+                               threads=threads),
     }
     seconds = best_seconds(runners, repeats)
     print(f"  T={steps}, N={rows * CHANNELS}: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()),
@@ -149,15 +157,17 @@ def markdown(report: dict) -> str:
         f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written "
         "(2·T·N·4); in brackets the ratio to the copy.",
         "",
-        "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary vs function |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary, baseline ISA | serial IF "
+        "| binary vs function | serial IF / binary (time) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
         g, q = r["gb_per_s"], r["ratio_to_copy"]
         scaled = "" if r["neurons"] >= report["neurons"] else " (scaled down: memory cap)"
-        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in ("function", "dense", "binary", "closed")]
+        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in ("function", "dense", "binary", "closed", "baseline", "serial IF")]
+        serial_vs_binary = r["seconds"]["serial IF"] / r["seconds"]["binary"]
         lines.append(f"| {r['T']} | {r['neurons']:,}{scaled} | {r['bytes_moved'] / 1e6:,.0f} | {g['copy']:.2f} | "
-                     + " | ".join(cells) + f" | {r['speedup_vs_function']['binary']:.1f}× |")
+                     + " | ".join(cells) + f" | {r['speedup_vs_function']['binary']:.1f}× | {serial_vs_binary:.2f} |")
     return "\n".join(lines + ["", goals(report)]) + "\n"
 
 
@@ -181,7 +191,10 @@ two contiguous arrays; the neuron reads each neuron's T currents from T rows N v
 row per step, in pieces of 4096 neurons, four rows at a time, overlapped with writing the previous
 piece's output rows), a pattern that streams less well, and it adds per-neuron work (sum, parameter
 gather, search) that weighs most at small T. The three native algorithms differ little beyond the
-noise. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
+noise. The native columns except "baseline" run the kernels' AVX variant (8 floats per
+instruction; runtime/README.md), "baseline" the SSE2 one that any x86-64 CPU runs: where the
+kernel streams memory the two are close. The serial IF kernel reads and writes the same bytes
+once, step by step (its membranes stay in cache), so it is bound by the same copy. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
 copies) and runs them as separate ops. Timings on a shared virtual machine vary by tens of percent
 between runs (see the load average above): compare the columns of one row, measured taking turns.
 
