@@ -133,9 +133,11 @@ def test_native_kernel_runs():
     assert "Scan" in profiled_ops(model, {"X": x}, native=False)
 
 
-def test_large_layer_uses_every_path():
-    """Work items of several chunks, several threads, and output rows large enough to be streamed."""
-    steps, channels = 8, 7
+@pytest.mark.parametrize("steps", [7, 8])
+def test_large_layer_uses_every_path(steps):
+    """Work items of several chunks, several threads, and output rows large enough to be streamed
+    (in whole groups of steps, and with a partial last group)."""
+    channels = 7
     rng = np.random.default_rng(11)
     params = random_params(rng, (channels, 1))
     x = rng.uniform(-0.5, 2.5, (steps * 13, channels, 7919)).astype(np.float32)  # 720,629 neurons a step

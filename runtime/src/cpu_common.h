@@ -16,6 +16,10 @@
 namespace snncc {
 namespace SNNCC_CPU_VARIANT {
 
+/// Rows (time steps) a kernel reads per pass over a chunk: several rows in flight stream better
+/// than one, and the partial results stay in registers.
+constexpr int kRowGroup = 4;
+
 /// Arithmetic type for storage type S: float32 for float and _Float16 (IEEE binary16), double for
 /// double.
 template <typename S>

@@ -45,9 +45,6 @@ struct Scratch {
   Chunk<S> chunks[2];
 };
 
-/// The T steps, passed in groups of this many rows.
-constexpr int kRowGroup = 4;
-
 /// sum[j] (Starts: =, else +=) the Rows rows from r on (`stride` apart), added in step order in
 /// one pass: the partial sum stays in a register.
 template <int Rows, bool Starts, typename S>
