@@ -194,7 +194,8 @@ gather, search) that weighs most at small T. The three native algorithms differ 
 noise. The native columns except "baseline" run the kernels' AVX variant (8 floats per
 instruction; runtime/README.md), "baseline" the SSE2 one that any x86-64 CPU runs: where the
 kernel streams memory the two are close. The serial IF kernel reads and writes the same bytes
-once, step by step (its membranes stay in cache), so it is bound by the same copy. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
+once, four steps per pass over a piece (its membranes stay in registers and cache), so it is
+bound by the same copy. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
 copies) and runs them as separate ops. Timings on a shared virtual machine vary by tens of percent
 between runs (see the load average above): compare the columns of one row, measured taking turns.
 
