@@ -76,7 +76,7 @@ def test_expansion_equals_da_qcfs_network_and_keeps_batch():
     # The analog input enters the first neuron once, as its mean current: no Tile.
     assert "Tile" not in kinds
     neurons = [n for n in model.graph if n.op_type == ops.PARALLEL_SPIKE]
-    assert [n.attributes.get_int("constant_input", 0) for n in neurons] == [1, 0]
+    assert [n.attributes.get_int("constant_input") for n in neurons] == [1, 0]  # both written out
     assert kinds[-1] == "ReduceMean"  # the spiking graph output is read out as the T-mean
     x = np.random.default_rng(1).normal(0.5, 1, size=(3, 2, 4, 4)).astype(np.float32)
     (y,) = graphs.run(_with_functions(model), x=x)

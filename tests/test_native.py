@@ -340,15 +340,20 @@ def test_constant_input_algorithms_and_threads(algorithm):
 
 
 def test_constant_input_shape_is_inferred():
-    """A numeric or symbolic first dimension declared for X: the native op's shape inference
-    (first dimension times T, or unknown) accepts the model, and a following op runs on Y's T*B rows."""
+    """A numeric or symbolic first dimension declared for X: the native op's shape inference gives
+    Y's first dimension as T times X's (a broadcast Add against T*B rows loads), or leaves it
+    unknown, and the following ops run on Y's T*B rows."""
     steps = 3
     for declared in ([3, 13, 41, 37], ["batch", 13, 41, 37]):
         model, x, _, _ = constant_case(steps, per_channel=True, seed=1)
         graph = model.graph
         graph.input[0].CopyFrom(oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, declared))
-        graph.node.append(oh.make_node("Reshape", ["Y", "by_step"], ["Z"]))
-        graph.initializer.append(onh.from_array(np.array([steps, -1], np.int64), "by_step"))
+        # A bias with T*B rows: ORT rejects the Add when loading if Y's inferred rows differ.
+        bias = np.arange(steps * x.shape[0], dtype=np.float32).reshape(-1, 1, 1, 1)
+        graph.node.append(oh.make_node("Add", ["Y", "bias"], ["shifted"]))
+        graph.node.append(oh.make_node("Reshape", ["shifted", "by_step"], ["Z"]))
+        graph.initializer.extend([onh.from_array(bias, "bias"),
+                                  onh.from_array(np.array([steps, -1], np.int64), "by_step")])
         graph.output[0].CopyFrom(oh.make_tensor_value_info("Z", onnx.TensorProto.FLOAT, None))
         z = run(model, x, native=True)
         assert z.shape == (steps, x.size)

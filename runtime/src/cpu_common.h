@@ -1,7 +1,10 @@
 // Pieces shared by the CPU kernel sources (no ONNX Runtime dependency): the arithmetic type, the
-// per-channel parameter gather and the output row stores. Included only by those sources, inside
-// nothing: like them, it puts its definitions into the namespace of the variant being compiled
-// (SNNCC_CPU_VARIANT), so that no inline function is shared between variants.
+// per-channel parameter gather and the output row stores. Included only by those sources: like
+// them, it puts its definitions into the namespace of the variant being compiled
+// (SNNCC_CPU_VARIANT), so that these functions are not shared between variants. The firing
+// rules (neuron.h, serial_if.h, spike_count.h) and std:: helpers are shared, and safe only
+// because -O3 inlines them: tests/test_native_variants.py checks that the AVX objects define no
+// symbol outside their namespace.
 #pragma once
 
 #include <algorithm>

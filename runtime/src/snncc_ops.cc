@@ -240,7 +240,7 @@ struct SpikeCount : StepsConfig<SpikeCount> {
 #endif
 };
 
-/// Input values (neurons x steps) below which a CPU call is not split further (see ComputeV2).
+/// Values (neurons x output steps) below which a CPU call is not split further (see ComputeV2).
 constexpr int64_t kMinItemValues = int64_t{1} << 16;
 
 /// The CPUExecutionProvider kernel of op Op (ParallelSpike, SerialIF, SpikeCount) for element type Type,
@@ -290,9 +290,9 @@ struct CpuKernel {
                 0};
       // Work items of whole chunks: up to 16 each, so that most chunks overlap their reads with
       // the previous chunk's writes (ParallelSpike), yet 64 items or more where there are enough
-      // chunks, so that any thread count gets balanced work; but no item reads fewer than
-      // kMinItemValues inputs where the call has that many, so that a small call runs on the
-      // calling thread instead of paying to wake others.
+      // chunks, so that any thread count gets balanced work; but no item covers fewer than
+      // kMinItemValues values (neurons x output steps) where the call has that many, so that a
+      // small call runs on the calling thread instead of paying to wake others.
       const int64_t chunks = (call.geometry.neurons + kCpuChunk - 1) / kCpuChunk;
       const int64_t min_chunks = (kMinItemValues + kCpuChunk * call.geometry.steps - 1) / (kCpuChunk * call.geometry.steps);
       work.item_neurons = std::clamp<int64_t>(chunks / 64, min_chunks, std::max<int64_t>(16, min_chunks)) * kCpuChunk;

@@ -77,11 +77,13 @@ class ExpandTimePass(ir.passes.InPlacePass):
         if rank is None:
             raise AssertionError(f"rank of {x.name} unknown after shape inference")
         attributes = {"T": self.steps}
-        if flow.of(x) is not Region.SPIKING:
-            if self.neuron_op == ops.PARALLEL_SPIKE:  # it needs only the mean current: x itself
-                attributes["constant_input"] = 1
-            else:
-                x = self._tile(x, node)
+        analog = flow.of(x) is not Region.SPIKING
+        if self.neuron_op == ops.PARALLEL_SPIKE:
+            # An analog x: the neuron needs only its mean current, x itself. Written out even when
+            # 0: onnx.inliner (1.23) ignores a function's attribute defaults.
+            attributes["constant_input"] = int(analog)
+        elif analog:
+            x = self._tile(x, node)
         base = node.name.replace("/", "_").strip("_") or "neuron"
         inputs = [x] + [self._const(f"{base}.{key}", broadcast_parameter(getattr(params, key), rank))
                         for key in ("theta_pre", "theta_post", "psi")]
