@@ -18,7 +18,9 @@ Three parts, each written to the JSON and to docs/performance.md (`--write-docs`
    Models: the bundled Fashion-MNIST models, and the QCFS paper's VGG-16 and ResNet-18 at 32×32
    with random weights (speed does not depend on the weights: every layer is dense).
    Each entry is the best of several runs after a warm-up (2 to 50 while the total stays under
-   ~1 s; a single run where the warm-up took longer than 1 s). The ANN is timed again in every row.
+   ~1 s; a single run where the warm-up took longer than 1 s). The variants that the target
+   ratios compare (ANN, parallel native, folded, serial-IF native) take turns run by run, so that
+   a change in the machine's load hits all of them alike; the ANN is timed again in every row.
 2. **Accuracy-matched speed** on the Fashion-MNIST ReLU model (1000 test images): the smallest T
    at which the calibrated parallel SNN (max thresholds + DA-QCFS, calibration on 10k training
    images) and the classic serial-IF conversion (max thresholds, membrane θ/2) each come within
@@ -146,14 +148,24 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def best_seconds(run, budget: float = 1.0, most: int = 50) -> float:
-    """Best of timed runs after a warm-up: two or more while the total stays under `budget`, but
-    only one where the warm-up alone took longer than `budget` (runs of many seconds vary little)."""
-    warm_up = timed(run)
-    times = [timed(run)]
-    while warm_up <= budget and (len(times) < 2 or (len(times) < most and sum(times) < budget)):
-        times.append(timed(run))
-    return min(times)
+def best_of_turns(runs: dict[str, object], budget: float = 1.0, most: int = 50) -> dict[str, float]:
+    """Best time of each run, the runs taking turns: a warm-up each, then rounds in which every run
+    still timing goes once, so that all see the machine in the same state. A run stops after
+    `most` timings, or after two once its timings add up to `budget` seconds; a run whose warm-up
+    alone took longer than `budget` is timed once (runs of many seconds vary little)."""
+    warm_up = {name: timed(run) for name, run in runs.items()}
+    times: dict[str, list[float]] = {name: [] for name in runs}
+
+    def wants_more(name: str) -> bool:
+        t = times[name]
+        if warm_up[name] > budget:
+            return not t
+        return len(t) < 2 or (len(t) < most and sum(t) < budget)
+
+    while active := [name for name in runs if wants_more(name)]:
+        for name in active:
+            times[name].append(timed(runs[name]))
+    return {name: min(t) for name, t in times.items()}
 
 
 def ort_runner(model: onnx.ModelProto, x: np.ndarray, threads: int, native: bool):
@@ -234,20 +246,22 @@ def latency(subjects_: list[Subject], batches: list[int], steps_list: list[int],
             x = np.random.default_rng(0).uniform(0, 1, (batch, *subject.input_shape)).astype(np.float32)
             ann = ort_runner(subject.ann, x, threads, native=False)
             for steps in steps_list:
-                seconds = {"ann": best_seconds(ann)}  # again for every T: side by side with the SNNs
                 expanded = compiled(subject, steps, "parallel")
-                seconds["parallel fn"] = best_seconds(ort_runner(expanded, x, threads, native=False))
-                if have_native:
-                    seconds["parallel native"] = best_seconds(ort_runner(expanded, x, threads, native=True))
-                del expanded
-                seconds["folded"] = best_seconds(ort_runner(compiled(subject, steps, "folded"), x, threads, native=have_native))
                 serial = compiled(subject, steps, "serial-IF")
-                seconds["serial-IF fn"] = best_seconds(ort_runner(serial, x, threads, native=False))
+                # The ratios' terms take turns (best_of_turns), the ANN in every row.
+                turns = {"ann": ann,
+                         "folded": ort_runner(compiled(subject, steps, "folded"), x, threads, native=have_native)}
                 if have_native:
-                    seconds["serial-IF native"] = best_seconds(ort_runner(serial, x, threads, native=True))
-                del serial
+                    turns["parallel native"] = ort_runner(expanded, x, threads, native=True)
+                    turns["serial-IF native"] = ort_runner(serial, x, threads, native=True)
+                measured = best_of_turns(turns)
+                del turns
+                measured["parallel fn"] = best_of_turns({"run": ort_runner(expanded, x, threads, native=False)})["run"]
+                measured["serial-IF fn"] = best_of_turns({"run": ort_runner(serial, x, threads, native=False)})["run"]
+                del expanded, serial
                 if have_spikingjelly:
-                    seconds["spikingjelly"] = best_seconds(spikingjelly_runner(subject, steps, x, threads))
+                    measured["spikingjelly"] = best_of_turns({"run": spikingjelly_runner(subject, steps, x, threads)})["run"]
+                seconds = {v: measured[v] for v in VARIANTS if v in measured}
                 row = {"model": subject.name, "batch": batch, "T": steps, "seconds": seconds}
                 print(f"  {subject.name} B={batch} T={steps}: "
                       + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()), file=sys.stderr)
@@ -310,12 +324,13 @@ def accuracy_matched(threads: int, images: int, calibration_samples: int) -> dic
     t_serial = serial_t or 1024
     t_parallel = parallel_t or max(parallel)
     one = x[:1]
-    timing = {
-        "ann": best_seconds(ort_runner(ann, one, threads, native=False)),
-        "serial-IF native": best_seconds(ort_runner(compile_at(t_serial, "if", False), one, threads, native=True)),
-        "parallel native": best_seconds(ort_runner(compile_at(t_parallel, "parallel", True), one, threads, native=True)),
-        "folded": best_seconds(ort_runner(compile_at(t_parallel, "parallel", True, fold=True), one, threads, native=native_library_path() is not None)),
-    }
+    timing = best_of_turns({
+        "ann": ort_runner(ann, one, threads, native=False),
+        "serial-IF native": ort_runner(compile_at(t_serial, "if", False), one, threads, native=True),
+        "parallel native": ort_runner(compile_at(t_parallel, "parallel", True), one, threads, native=True),
+        "folded": ort_runner(compile_at(t_parallel, "parallel", True, fold=True), one, threads,
+                             native=native_library_path() is not None),
+    })
     return {
         "images": images, "calibration_samples": calibration_samples, "ann_accuracy": ann_accuracy,
         "parallel_accuracy": {str(k): v for k, v in parallel.items()}, "parallel_T": parallel_t,
@@ -383,8 +398,8 @@ def compile_time() -> list[dict]:
                 options = CompileOptions(steps=4, calibration_data=data, calibration=CalibrationOptions(da_qcfs=False))
                 save_model(compile_model(load_model(path), options).model, out)
 
-            base = best_seconds(load_save, budget=0, most=3)
-            seconds = best_seconds(snncc_compile, budget=0, most=3)
+            best = best_of_turns({"load_save": load_save, "compile": snncc_compile}, budget=float("inf"), most=3)
+            base, seconds = best["load_save"], best["compile"]
             model = onnx.load(path, load_external_data=False)
             rows.append({"model": name.removeprefix("light_"), "nodes": len(model.graph.node),
                          "megabytes": round(path.stat().st_size / 2**20, 1),

@@ -7,7 +7,8 @@
 //   2. drive and spike count (binary / closed), or nothing (dense);
 //   3. output rows, one step at a time, written straight into Y (large float32 outputs with
 //      non-temporal stores).
-// Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu).
+// Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu). For the
+// binary search at T <= kOnePassSteps, the three steps run in one pass instead (one_pass).
 #include "cpu_kernels.h"
 
 #if defined(__SSE2__)
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <utility>
 
 #include "cpu_common.h"
 
@@ -153,6 +155,68 @@ void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int 
 
 }  // namespace
 
+/// Steps T <= kOnePassSteps take the one-pass path (binary search only): for larger T the loop
+/// over neurons no longer vectorises (GCC 14), and the pipeline over chunks is faster.
+constexpr int kOnePassSteps = kRowGroup;
+
+/// One stride of count_binary without its bound (candidate <= T): count + Stride if that
+/// candidate fires, else count. Written as a select, so that the loop over neurons vectorises.
+template <int Stride, typename F>
+inline F lift(F count, F drive_value, F theta_pre) {
+  const F candidate = count + static_cast<F>(Stride);
+  return drive_value >= theta_pre * candidate ? candidate : count;
+}
+
+/// Binary search for T <= kOnePassSteps, the whole neuron in one pass over a chunk whose
+/// parameters are gathered: each neuron's Rows input currents are summed (in step order, as
+/// `accumulate`), its first firing step found and its T outputs written (as `emit`) while it stays
+/// in registers. The strides run without count_binary's bound: since `fires` is monotone in r,
+/// they find the largest r < 2·top_stride(T) that fires, which is the spike count whenever it is
+/// <= T; above T, the first firing step T - r is negative and every step fires, as with count T.
+/// So the outputs equal the two-pass path's bit for bit.
+template <int Steps, int Rows, typename S, int... Row, int... Step>
+void one_pass(std::integer_sequence<int, Row...>, std::integer_sequence<int, Step...>, const S* __restrict x,
+              const Geometry& g, const Chunk<S>& c, S* __restrict y) {
+  using F = CpuMath<S>;
+  constexpr int kTop = Steps >= 4 ? 4 : Steps >= 2 ? 2 : 1;  // top_stride(Steps), Steps <= 4
+  const int64_t stride = g.neurons;
+  const S* __restrict in = x + c.first;
+  S* __restrict out = y + c.first;
+  const F* __restrict theta_pre = c.theta_pre;
+  const F* __restrict psi = c.psi;
+  const S* __restrict theta_post = c.theta_post;
+  for (int64_t j = 0; j < c.n; ++j) {
+    F sum = static_cast<F>(in[j]);
+    ((sum += static_cast<F>(in[(Row + 1) * stride + j])), ...);  // rows 1..Rows-1, in order
+    const F d = drive(sum / static_cast<F>(Rows), theta_pre[j], psi[j], static_cast<F>(Steps));
+    const F th = theta_pre[j];
+    F count = F(0);
+    if constexpr (kTop >= 4) count = lift<4>(count, d, th);
+    if constexpr (kTop >= 2) count = lift<2>(count, d, th);
+    count = lift<1>(count, d, th);
+    const F first_step = static_cast<F>(Steps) - count;
+    const S spike = theta_post[j];
+    ((out[Step * stride + j] = static_cast<F>(Step) >= first_step ? spike : S(0)), ...);
+  }
+}
+
+/// one_pass for Steps and Rows (Steps, or 1 for a constant current).
+template <int Steps, typename S>
+void one_pass_steps(const S* x, const Geometry& g, const Chunk<S>& c, S* y) {
+  constexpr auto steps = std::make_integer_sequence<int, Steps>{};
+  if (g.input_steps == 1) return one_pass<Steps, 1>(std::make_integer_sequence<int, 0>{}, steps, x, g, c, y);
+  one_pass<Steps, Steps>(std::make_integer_sequence<int, Steps - 1>{}, steps, x, g, c, y);
+}
+
+/// one_pass_steps for the call's T (<= kOnePassSteps).
+template <int Steps = 1, typename S>
+void one_pass_for(const S* x, const Geometry& g, const Chunk<S>& c, S* y) {
+  if constexpr (Steps < kOnePassSteps) {
+    if (g.steps != Steps) return one_pass_for<Steps + 1>(x, g, c, y);
+  }
+  one_pass_steps<Steps>(x, g, c, y);
+}
+
 /// A software pipeline over the chunks of the range: while the currents of one chunk are read,
 /// the outputs of the previous one are written, a group of rows each in turn, so that reads and
 /// writes to memory overlap as in a copy.
@@ -161,6 +225,17 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
                         Algorithm algorithm, int64_t begin, int64_t end) {
   thread_local const std::unique_ptr<Scratch<S>> scratch = std::make_unique<Scratch<S>>();
   const int steps = static_cast<int>(geometry.steps);
+  if (algorithm == Algorithm::kBinary && steps <= kOnePassSteps) {
+    Chunk<S>& c = scratch->chunks[0];
+    for (c.first = begin; c.first < end; c.first += kCpuChunk) {
+      c.n = std::min(kCpuChunk, end - c.first);
+      gather(params.theta_pre, params.theta_pre_stride, geometry, c.first, c.n, c.theta_pre);
+      gather(params.theta_post, params.theta_post_stride, geometry, c.first, c.n, c.theta_post);
+      gather(params.psi, params.psi_stride, geometry, c.first, c.n, c.psi);
+      one_pass_for(x, geometry, c, y);
+    }
+    return;
+  }
   const int input_steps = static_cast<int>(geometry.input_steps);
   const bool stream = streams_output<S>(geometry);
   Chunk<S>* previous = nullptr;
