@@ -17,10 +17,10 @@ Three parts, each written to the JSON and to docs/performance.md (`--write-docs`
                       spikingjelly`; the column is empty when it is not installed)
    Models: the bundled Fashion-MNIST models, and the QCFS paper's VGG-16 and ResNet-18 at 32×32
    with random weights (speed does not depend on the weights: every layer is dense).
-   Each entry is the best of several runs after a warm-up (2 to 50 while the total stays under
-   ~1 s; a single run where the warm-up took longer than 1 s). The variants that the target
-   ratios compare (ANN, parallel native, folded, serial-IF native) take turns run by run, so that
-   a change in the machine's load hits all of them alike; the ANN is timed again in every row.
+   Each entry is the best of several timed runs after a warm-up (up to 50 while their total stays
+   under ~1 s; at least one). The variants that the target ratios compare (ANN, parallel native,
+   folded, serial-IF native) take turns run by run, so that a change in the machine's load hits
+   all of them alike, and each is timed at least three times; the ANN is timed again in every row.
 2. **Accuracy-matched speed** on the Fashion-MNIST ReLU model (1000 test images): the smallest T
    at which the calibrated parallel SNN (max thresholds + DA-QCFS, calibration on 10k training
    images) and the classic serial-IF conversion (max thresholds, membrane θ/2) each come within
@@ -148,19 +148,17 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def best_of_turns(runs: dict[str, object], budget: float = 1.0, most: int = 50) -> dict[str, float]:
+def best_of_turns(runs: dict[str, object], budget: float = 1.0, least: int = 1, most: int = 50) -> dict[str, float]:
     """Best time of each run, the runs taking turns: a warm-up each, then rounds in which every run
-    still timing goes once, so that all see the machine in the same state. A run stops after
-    `most` timings, or after two once its timings add up to `budget` seconds; a run whose warm-up
-    alone took longer than `budget` is timed once (runs of many seconds vary little)."""
-    warm_up = {name: timed(run) for name, run in runs.items()}
+    still timing goes once, so that all see the machine in the same state. A run is timed at least
+    `least` times, then until it has `most` timings or its timings add up to `budget` seconds."""
+    for run in runs.values():
+        timed(run)
     times: dict[str, list[float]] = {name: [] for name in runs}
 
     def wants_more(name: str) -> bool:
         t = times[name]
-        if warm_up[name] > budget:
-            return not t
-        return len(t) < 2 or (len(t) < most and sum(t) < budget)
+        return len(t) < least or (len(t) < most and sum(t) < budget)
 
     while active := [name for name in runs if wants_more(name)]:
         for name in active:
@@ -248,13 +246,14 @@ def latency(subjects_: list[Subject], batches: list[int], steps_list: list[int],
             for steps in steps_list:
                 expanded = compiled(subject, steps, "parallel")
                 serial = compiled(subject, steps, "serial-IF")
-                # The ratios' terms take turns (best_of_turns), the ANN in every row.
+                # The ratios' terms take turns (best_of_turns), the ANN in every row; at least three
+                # timings each, as a single one of a multi-second run can be 20% off on this machine.
                 turns = {"ann": ann,
                          "folded": ort_runner(compiled(subject, steps, "folded"), x, threads, native=have_native)}
                 if have_native:
                     turns["parallel native"] = ort_runner(expanded, x, threads, native=True)
                     turns["serial-IF native"] = ort_runner(serial, x, threads, native=True)
-                measured = best_of_turns(turns)
+                measured = best_of_turns(turns, least=3)
                 del turns
                 measured["parallel fn"] = best_of_turns({"run": ort_runner(expanded, x, threads, native=False)})["run"]
                 measured["serial-IF fn"] = best_of_turns({"run": ort_runner(serial, x, threads, native=False)})["run"]
@@ -324,7 +323,7 @@ def accuracy_matched(threads: int, images: int, calibration_samples: int) -> dic
     t_serial = serial_t or 1024
     t_parallel = parallel_t or max(parallel)
     one = x[:1]
-    timing = best_of_turns({
+    timing = best_of_turns(least=3, runs={
         "ann": ort_runner(ann, one, threads, native=False),
         "serial-IF native": ort_runner(compile_at(t_serial, "if", False), one, threads, native=True),
         "parallel native": ort_runner(compile_at(t_parallel, "parallel", True), one, threads, native=True),
@@ -398,7 +397,7 @@ def compile_time() -> list[dict]:
                 options = CompileOptions(steps=4, calibration_data=data, calibration=CalibrationOptions(da_qcfs=False))
                 save_model(compile_model(load_model(path), options).model, out)
 
-            best = best_of_turns({"load_save": load_save, "compile": snncc_compile}, budget=float("inf"), most=3)
+            best = best_of_turns({"load_save": load_save, "compile": snncc_compile}, least=3, most=3)
             base, seconds = best["load_save"], best["compile"]
             model = onnx.load(path, load_external_data=False)
             rows.append({"model": name.removeprefix("light_"), "nodes": len(model.graph.node),

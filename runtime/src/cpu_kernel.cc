@@ -155,8 +155,9 @@ void emit(const Chunk<S>& c, const Geometry& g, Algorithm algorithm, int t, int 
 
 }  // namespace
 
-/// Steps T <= kOnePassSteps take the one-pass path (binary search only): for larger T the loop
-/// over neurons no longer vectorises (GCC 14), and the pipeline over chunks is faster.
+/// Steps T <= kOnePassSteps take the one-pass path (binary search only). Beyond, its 2·T
+/// concurrent row streams run slower than the pipeline over chunks once a layer leaves the
+/// cache (measured at T = 8: 1.7× slower from 256k neurons on).
 constexpr int kOnePassSteps = kRowGroup;
 
 /// One stride of count_binary without its bound (candidate <= T): count + Stride if that
@@ -170,31 +171,30 @@ inline F lift(F count, F drive_value, F theta_pre) {
 /// Binary search for T <= kOnePassSteps, the whole neuron in one pass over a chunk whose
 /// parameters are gathered: each neuron's Rows input currents are summed (in step order, as
 /// `accumulate`), its first firing step found and its T outputs written (as `emit`) while it stays
-/// in registers. The strides run without count_binary's bound: since `fires` is monotone in r,
-/// they find the largest r < 2·top_stride(T) that fires, which is the spike count whenever it is
-/// <= T; above T, the first firing step T - r is negative and every step fires, as with count T.
-/// So the outputs equal the two-pass path's bit for bit.
+/// in registers. The strides are 4, 2, 1 for every T <= 4 (fewer do not vectorise with GCC 12 at
+/// T = 2, 3) and run without count_binary's bound: since `fires` is monotone in r, they find the
+/// largest r <= 7 that fires, which is the spike count whenever it is <= T; above T, the first
+/// firing step T - r is negative and every step fires, as with count T. So the outputs equal the
+/// two-pass path's bit for bit.
 template <int Steps, int Rows, typename S, int... Row, int... Step>
 void one_pass(std::integer_sequence<int, Row...>, std::integer_sequence<int, Step...>, const S* __restrict x,
               const Geometry& g, const Chunk<S>& c, S* __restrict y) {
   using F = CpuMath<S>;
-  constexpr int kTop = Steps >= 4 ? 4 : Steps >= 2 ? 2 : 1;  // top_stride(Steps), Steps <= 4
   const int64_t stride = g.neurons;
   const S* __restrict in = x + c.first;
   S* __restrict out = y + c.first;
   const F* __restrict theta_pre = c.theta_pre;
   const F* __restrict psi = c.psi;
   const S* __restrict theta_post = c.theta_post;
+  // No iteration reads what another writes (X and Y are distinct tensors): spares GCC the
+  // overlap checks between the row pointers, on which it may give up vectorising.
+#pragma GCC ivdep
   for (int64_t j = 0; j < c.n; ++j) {
     F sum = static_cast<F>(in[j]);
     ((sum += static_cast<F>(in[(Row + 1) * stride + j])), ...);  // rows 1..Rows-1, in order
     const F d = drive(sum / static_cast<F>(Rows), theta_pre[j], psi[j], static_cast<F>(Steps));
     const F th = theta_pre[j];
-    F count = F(0);
-    if constexpr (kTop >= 4) count = lift<4>(count, d, th);
-    if constexpr (kTop >= 2) count = lift<2>(count, d, th);
-    count = lift<1>(count, d, th);
-    const F first_step = static_cast<F>(Steps) - count;
+    const F first_step = static_cast<F>(Steps) - lift<1>(lift<2>(lift<4>(F(0), d, th), d, th), d, th);
     const S spike = theta_post[j];
     ((out[Step * stride + j] = static_cast<F>(Step) >= first_step ? spike : S(0)), ...);
   }
