@@ -21,6 +21,8 @@ Three parts, each written to the JSON and to docs/performance.md (`--write-docs`
    under ~1 s; at least one). The variants that the target ratios compare (ANN, parallel native,
    folded, serial-IF native) take turns run by run, so that a change in the machine's load hits
    all of them alike, and each is timed at least three times; the ANN is timed again in every row.
+   (Taking turns, each run follows another model's run: small models are timed with colder
+   caches than in a block of repeats of their own.)
 2. **Accuracy-matched speed** on the Fashion-MNIST ReLU model (1000 test images): the smallest T
    at which the calibrated parallel SNN (max thresholds + DA-QCFS, calibration on 10k training
    images) and the classic serial-IF conversion (max thresholds, membrane θ/2) each come within
@@ -45,6 +47,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 # torch (SpikingJelly column) takes turns with ONNX Runtime: its idle OpenMP threads must sleep,
@@ -148,7 +151,7 @@ def timed(run) -> float:
     return time.perf_counter() - start
 
 
-def best_of_turns(runs: dict[str, object], budget: float = 1.0, least: int = 1, most: int = 50) -> dict[str, float]:
+def best_of_turns(runs: dict[str, Callable[[], object]], budget: float = 1.0, least: int = 1, most: int = 50) -> dict[str, float]:
     """Best time of each run, the runs taking turns: a warm-up each, then rounds in which every run
     still timing goes once, so that all see the machine in the same state. A run is timed at least
     `least` times, then until it has `most` timings or its timings add up to `budget` seconds."""

@@ -8,7 +8,8 @@
 //   3. output rows, one step at a time, written straight into Y (large float32 outputs with
 //      non-temporal stores).
 // Step 3 of a chunk runs interleaved with step 1 of the next (see parallel_spike_cpu). For the
-// binary search at T <= kOnePassSteps, the three steps run in one pass instead (one_pass).
+// binary search at T <= kOnePassSteps, the three steps run in one pass instead (one_pass, plain
+// stores).
 #include "cpu_kernels.h"
 
 #if defined(__SSE2__)
@@ -172,7 +173,8 @@ inline F lift(F count, F drive_value, F theta_pre) {
 /// parameters are gathered: each neuron's Rows input currents are summed (in step order, as
 /// `accumulate`), its first firing step found and its T outputs written (as `emit`) while it stays
 /// in registers. The strides are 4, 2, 1 for every T <= 4 (fewer do not vectorise with GCC 12 at
-/// T = 2, 3) and run without count_binary's bound: since `fires` is monotone in r, they find the
+/// T = 2, 3) and run without count_binary's bound: since `fires` is monotone in r for θ_pre > 0
+/// (the op's contract, docs/ops.md; dense and binary differ outside it anyway), they find the
 /// largest r <= 7 that fires, which is the spike count whenever it is <= T; above T, the first
 /// firing step T - r is negative and every step fires, as with count T. So the outputs equal the
 /// two-pass path's bit for bit.
@@ -208,7 +210,8 @@ void one_pass_steps(const S* x, const Geometry& g, const Chunk<S>& c, S* y) {
   one_pass<Steps, Steps>(std::make_integer_sequence<int, Steps - 1>{}, steps, x, g, c, y);
 }
 
-/// one_pass_steps for the call's T (<= kOnePassSteps).
+/// one_pass_steps for the call's T, 1 <= T <= kOnePassSteps (the kernel rejects T < 1 when it is
+/// created; T = kOnePassSteps is not compared).
 template <int Steps = 1, typename S>
 void one_pass_for(const S* x, const Geometry& g, const Chunk<S>& c, S* y) {
   if constexpr (Steps < kOnePassSteps) {
