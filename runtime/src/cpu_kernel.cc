@@ -82,6 +82,14 @@ void accumulate(const S* x, int64_t stride, int t, int rows, Chunk<S>& c) {
   }
 }
 
+/// The chunk's per-neuron θ_pre, θ_post and ψ.
+template <typename S>
+void gather_parameters(const Params<S>& params, const Geometry& g, Chunk<S>& c) {
+  gather(params.theta_pre, params.theta_pre_stride, g, c.first, c.n, c.theta_pre);
+  gather(params.theta_post, params.theta_post_stride, g, c.first, c.n, c.theta_post);
+  gather(params.psi, params.psi_stride, g, c.first, c.n, c.psi);
+}
+
 /// After the last row: parameters, drive and (binary / closed) the first firing step.
 template <typename S>
 void decide(const Params<S>& params, const Geometry& g, Algorithm algorithm, Chunk<S>& c) {
@@ -90,9 +98,7 @@ void decide(const Params<S>& params, const Geometry& g, Algorithm algorithm, Chu
   const F steps_f = static_cast<F>(steps);
   const F input_steps_f = static_cast<F>(g.input_steps);
   const int64_t n = c.n;
-  gather(params.theta_pre, params.theta_pre_stride, g, c.first, n, c.theta_pre);
-  gather(params.theta_post, params.theta_post_stride, g, c.first, n, c.theta_post);
-  gather(params.psi, params.psi_stride, g, c.first, n, c.psi);
+  gather_parameters(params, g, c);
   if (algorithm == Algorithm::kBinary) {
     // count_binary, interleaved over the chunk: the same strides for every neuron (bitwise &: no
     // branch, so the loops vectorise). The first stride shares its pass with the drive.
@@ -232,9 +238,7 @@ void parallel_spike_cpu(const S* x, const Params<S>& params, S* y, const Geometr
     Chunk<S>& c = scratch->chunks[0];
     for (c.first = begin; c.first < end; c.first += kCpuChunk) {
       c.n = std::min(kCpuChunk, end - c.first);
-      gather(params.theta_pre, params.theta_pre_stride, geometry, c.first, c.n, c.theta_pre);
-      gather(params.theta_post, params.theta_post_stride, geometry, c.first, c.n, c.theta_post);
-      gather(params.psi, params.psi_stride, geometry, c.first, c.n, c.psi);
+      gather_parameters(params, geometry, c);
       one_pass_for(x, geometry, c, y);
     }
     return;
