@@ -6,7 +6,8 @@ Three parts, each written to the JSON and to docs/performance.md (`--write-docs`
    spinning), per model, batch size and T, for:
      ann              the ANN as given
      parallel fn      expanded parallel SNN, snn.ParallelSpike as the model-local function
-     parallel native  the same graph with the native library registered
+     parallel native  the same graph with the native library registered, the neurons kept in
+                      ONNX Runtime's NCHWc layout (snncc.cpu_layout; so for every native SNN)
      folded           `--fold-time`: synaptic layers run once on rates (snn.SpikeCount; native
                       library registered when built)
      serial-IF fn     `--neuron if`, snn.SerialIF as the model-local function (a Scan)
@@ -63,6 +64,7 @@ from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import CalibrationOptions
 from snncc.calibration.thresholds import ThresholdMode
 from snncc.compiler import CompileOptions, compile_model
+from snncc.cpu_layout import prepare_for_cpu
 from snncc.data import load
 from snncc.evaluate import top_k_accuracy
 from snncc.modelio import load_model, save_model
@@ -135,6 +137,10 @@ def compiled(subject: Subject, steps: int, variant: str) -> onnx.ModelProto:
 
 
 def ort_session(model: onnx.ModelProto, threads: int, native: bool) -> ort.InferenceSession:
+    """A session on ONNX Runtime's CPU provider; with the native library, the model's neurons kept in
+    the NCHWc layout as `snncc.session.make_session(cpu_layout=True)` keeps them."""
+    if native:
+        model = prepare_for_cpu(model, native_library_path())
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1

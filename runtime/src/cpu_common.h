@@ -28,6 +28,32 @@ constexpr int kRowGroup = 4;
 template <typename S>
 using CpuMath = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
+/// gather() for the NCHWc layout (g.block > 1): runs of inner * block neurons of one channel
+/// block, in which the block's `block` values repeat; each run writes one period and doubles it.
+template <typename S, typename F>
+void gather_blocked(const S* values, const Geometry& g, int64_t first, int64_t n, F* out) {
+  const int64_t span = g.inner * g.block;
+  const int64_t blocks = g.channels / g.block;
+  int64_t block = (first / span) % blocks;
+  int64_t offset = first % span;
+  for (int64_t j = 0; j < n;) {
+    const int64_t run = std::min(span - offset, n - j);
+    F* run_out = out + j;
+    const int64_t period = std::min(run, g.block);
+    for (int64_t k = 0; k < period; ++k) {
+      run_out[k] = static_cast<F>(values[block * g.block + (offset + k) % g.block]);
+    }
+    for (int64_t filled = period; filled < run;) {  // filled is a multiple of the period
+      const int64_t copy = std::min(filled, run - filled);
+      std::copy_n(run_out, copy, run_out + filled);
+      filled += copy;
+    }
+    j += run;
+    offset = 0;
+    if (++block == blocks) block = 0;
+  }
+}
+
 /// out[j] = values[channel of neuron first + j] for j < n, as F; stride 0 broadcasts values[0].
 /// Works in runs of consecutive neurons: runs of one channel (inner > 1) or of consecutive
 /// channels (inner == 1), so that every inner loop is a fill or a copy.
@@ -35,6 +61,10 @@ template <typename S, typename F>
 void gather(const S* values, int64_t stride, const Geometry& g, int64_t first, int64_t n, F* out) {
   if (stride == 0) {
     std::fill(out, out + n, static_cast<F>(values[0]));
+    return;
+  }
+  if (g.block > 1) {
+    gather_blocked(values, g, first, n, out);
     return;
   }
   int64_t channel = (first / g.inner) % g.channels;

@@ -86,6 +86,19 @@ bool constant_input_attribute(const OrtKernelInfo* info, const char* op) {
   return value == 1;
 }
 
+/// The node's optional attribute channel_block: 1 (default, NCHW), or the block b of ONNX Runtime's
+/// CPU layout NCHWc that X and Y are stored in (written by snncc's CPU layout preparation).
+int64_t channel_block_attribute(const OrtKernelInfo* info, const char* op) {
+  int64_t value = 1;
+  OrtStatus* missing = Ort::GetApi().KernelInfoGetAttribute_int64(info, "channel_block", &value);
+  if (missing != nullptr) {
+    Ort::GetApi().ReleaseStatus(missing);
+    return 1;
+  }
+  if (value < 1) fail(op, "attribute channel_block must be >= 1, got " + std::to_string(value));
+  return value;
+}
+
 /// Stride of a parameter over channels: 0 for one value, 1 for one per channel.
 int64_t parameter_stride(const char* op, const Ort::ConstValue& value, const char* name, int64_t channels) {
   const size_t count = value.GetTensorTypeAndShapeInfo().GetElementCount();
@@ -106,7 +119,8 @@ struct Call {
   const void* x = nullptr;
   void* y = nullptr;
 
-  Call(OrtKernelContext* context, int64_t steps, int64_t input_steps, bool with_theta_post, const char* op) {
+  Call(OrtKernelContext* context, int64_t steps, int64_t input_steps, int64_t block, bool with_theta_post,
+       const char* op) {
     Ort::KernelContext ctx(context);
     const Ort::ConstValue x_value = ctx.GetInput(0);
     std::vector<int64_t> shape = x_value.GetTensorTypeAndShapeInfo().GetShape();
@@ -117,7 +131,10 @@ struct Call {
     int64_t inner = 1;
     for (size_t axis = 2; axis < shape.size(); ++axis) inner *= shape[axis];
     const int64_t channels = shape.size() > 1 ? shape[1] : 1;
-    geometry = {steps, shape[0] / input_steps * channels * inner, channels, inner, input_steps};
+    if (block > 1 && (shape.size() < 3 || channels % block != 0)) {
+      fail(op, "channel_block = " + std::to_string(block) + " needs X of rank >= 3 with X.shape[1] a multiple of it");
+    }
+    geometry = {steps, shape[0] / input_steps * channels * inner, channels, inner, input_steps, block};
     const Ort::ConstValue theta_pre = ctx.GetInput(1);
     const Ort::ConstValue psi = ctx.GetInput(with_theta_post ? 3 : 2);
     params.theta_pre = theta_pre.GetTensorRawData();
@@ -135,8 +152,8 @@ struct Call {
   }
 
   template <typename Op, typename Config>
-  Call(OrtKernelContext* context, const Op& /*op*/, const Config& config)
-      : Call(context, Op::output_steps(config), Op::input_steps(config), Op::kInputs == 4, Op::kName) {}
+  Call(OrtKernelContext* context, const Op& /*op*/, const Config& config, int64_t block)
+      : Call(context, Op::output_steps(config), Op::input_steps(config), block, Op::kInputs == 4, Op::kName) {}
 };
 
 /// The element type with ONNX type Type, on the CPU.
@@ -254,10 +271,13 @@ struct CpuKernel {
   static constexpr const char* kProvider = "CPUExecutionProvider";
   static constexpr ONNXTensorElementDataType kType = Type;
   typename Op::Config config;
+  int64_t block;  // channel_block
   CpuVariant variant;
 
   explicit CpuKernel(const OrtKernelInfo* info)
-      : config(Op::configure(info)), variant(cpu_variant_from_environment(Op::kName)) {}
+      : config(Op::configure(info)),
+        block(channel_block_attribute(info, Op::kName)),
+        variant(cpu_variant_from_environment(Op::kName)) {}
 
   struct Work {
     const S* x;
@@ -278,7 +298,7 @@ struct CpuKernel {
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, Op{}, config);
+      const Call call(context, Op{}, config, block);
       const Params<void>& p = call.params;
       Work work{static_cast<const S*>(call.x),
                 {static_cast<const S*>(p.theta_pre), static_cast<const S*>(p.theta_post),
@@ -312,11 +332,15 @@ struct CudaKernel {
   static constexpr ONNXTensorElementDataType kType = Type;
   typename Op::Config config;
 
-  explicit CudaKernel(const OrtKernelInfo* info) : config(Op::configure(info)) {}
+  explicit CudaKernel(const OrtKernelInfo* info) : config(Op::configure(info)) {
+    if (channel_block_attribute(info, Op::kName) != 1) {
+      fail(Op::kName, "channel_block (ONNX Runtime's CPU layout NCHWc) has no CUDA kernel; it must be 1 on CUDA");
+    }
+  }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
     return guarded([&] {
-      const Call call(context, Op{}, config);
+      const Call call(context, Op{}, config, 1);
       const auto dtype = Type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16 ? cuda::DType::kFloat16 : cuda::DType::kFloat32;
       void* stream = Ort::KernelContext(context).GetGPUComputeStream();
       if (const char* error = Op::cuda(dtype, call.x, call.params, call.y, call.geometry, stream, config)) {

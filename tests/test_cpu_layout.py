@@ -1,0 +1,167 @@
+"""Neurons in ONNX Runtime's NCHWc layout: the `channel_block` attribute of the native CPU kernels,
+and `snncc.cpu_layout.prepare_for_cpu`, which keeps a compiled model's neurons in that layout.
+
+References: a blocked kernel call equals the plain kernel on the same tensor reordered to NCHW;
+a prepared model equals the compiled model run by ONNX Runtime with the native library (bit for
+bit, except a folded model's per-channel rate Mul, which ONNX Runtime runs as a depthwise
+convolution in NCHWc: there the standard of the folded graph holds).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx.helper as oh
+import onnx.numpy_helper as onh
+import pytest
+
+from snncc import cpu_layout, ops
+from snncc.calibration.dataset import CalibrationData
+from snncc.compiler import CompileOptions, compile_model
+from snncc.ops import DOMAIN, TARGET_OPSET
+from snncc.session import make_session, native_library_path
+from tests import random_cnn
+from tests.random_cnn import Act, Block, NetSpec
+
+if native_library_path() is None:
+    pytest.skip("native library not built (run `make native`) or SNNCC_NATIVE=0", allow_module_level=True)
+if cpu_layout.nchwc_block_size() == 1:
+    pytest.skip("ONNX Runtime uses no NCHWc layout on this CPU", allow_module_level=True)
+
+BLOCK = cpu_layout.nchwc_block_size()
+CPU = ["CPUExecutionProvider"]
+PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL_IF: ("theta_pre", "theta_post", "psi"),
+              ops.SPIKE_COUNT: ("theta_pre", "psi")}
+
+
+def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, np.ndarray], block: int) -> onnx.ModelProto:
+    attributes = {"T": steps} | ({"channel_block": block} if block > 1 else {})
+    node = oh.make_node(op, ["X", *PARAMETERS[op]], ["Y"], domain=DOMAIN, **attributes)
+    graph = oh.make_graph([node], "neuron", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, list(shape))],
+                          [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, list(shape))],
+                          [onh.from_array(params[k], k) for k in PARAMETERS[op]])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)])
+
+
+def to_nchw(x: np.ndarray, block: int) -> np.ndarray:
+    """The NCHW tensor whose NCHWc storage is x's memory ([N, C/b, H, W, b] read as [N, C, H, W])."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c // block, h, w, block).transpose(0, 1, 4, 2, 3).reshape(n, c, h, w)
+
+
+def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    return make_session(model, native=True, providers=CPU, threads=2).run(None, {"X": x})[0]
+
+
+@pytest.mark.parametrize("op", [ops.PARALLEL_SPIKE, ops.SERIAL_IF, ops.SPIKE_COUNT])
+@pytest.mark.parametrize("steps", [1, 4, 5, 16])
+@pytest.mark.parametrize("spatial", [(5, 7), (1, 1), (40, 40)])
+def test_blocked_kernel_equals_plain_kernel_on_reordered_tensor(op, steps, spatial):
+    # (5, 7): runs of 35·b neurons cross the kernels' 4096-neuron chunks mid-block; (40, 40): runs
+    # longer than a chunk; (1, 1): a run per block.
+    rng = np.random.default_rng(steps)
+    channels, rows = 3 * BLOCK, 2 * (1 if op == ops.SPIKE_COUNT else steps)
+    shape = (rows, channels, *spatial)
+    params = {"theta_pre": rng.uniform(0.5, 2.0, (channels, 1, 1)), "theta_post": rng.uniform(0.5, 2.0, (channels, 1, 1)),
+              "psi": rng.uniform(-0.3, 0.3, (channels, 1, 1))}
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    x = rng.uniform(-0.5, 2.5, shape).astype(np.float32)
+    blocked = run(neuron_model(op, steps, shape, params, BLOCK), x)
+    plain = run(neuron_model(op, steps, shape, params, 1), to_nchw(x, BLOCK))
+    np.testing.assert_array_equal(to_nchw(blocked, BLOCK), plain)
+    if spatial != (1, 1):  # (with H = W = 1, NCHWc is NCHW)
+        # The mapping of neurons to channels matters: read as NCHW, the same memory gives other outputs.
+        assert not np.array_equal(run(neuron_model(op, steps, shape, params, 1), x), blocked)
+
+
+def test_channel_block_needs_whole_blocks():
+    params = {k: np.ones((BLOCK + 1, 1, 1), np.float32) for k in ("theta_pre", "psi")}
+    model = neuron_model(ops.SPIKE_COUNT, 4, (1, BLOCK + 1, 2, 2), params, BLOCK)
+    with pytest.raises(Exception, match="channel_block"):
+        run(model, np.zeros((1, BLOCK + 1, 2, 2), np.float32))
+
+
+def qcfs(per_channel: bool = True) -> Act:
+    return Act("qcfs", per_channel=per_channel)
+
+
+# 12 channels: padded to whole blocks, and the next conv's 12 input channels keep it out of NCHWc;
+# a residual Add and a MaxPool that ONNX Runtime runs in NCHWc; a hidden Gemm neuron on a 2-D tensor.
+SPEC = NetSpec(in_channels=3, size=10, classes=5, head="gap", head_act=qcfs(), blocks=(
+    Block("conv", channels=12, act=qcfs()),
+    Block("conv", channels=2 * BLOCK, act=qcfs()),
+    Block("residual", channels=2 * BLOCK, act=qcfs(), act2=qcfs(False)),
+    Block("maxpool"),
+    Block("conv", channels=2 * BLOCK, act=qcfs()),
+))
+
+
+def compiled(variant: str, steps: int = 4) -> onnx.ModelProto:
+    options = CompileOptions(steps=steps, neuron="if" if variant == "if" else "parallel", fold_time=variant == "folded")
+    return compile_model(random_cnn.build(SPEC), options).model
+
+
+@pytest.mark.parametrize("variant", ["expanded", "folded", "if"])
+def test_prepared_model_keeps_neurons_blocked_and_computes_the_same(variant):
+    snn = compiled(variant)
+    prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
+    neurons = [n for n in prepared.graph.node if n.domain == DOMAIN]
+    assert len(neurons) == sum(n.domain == DOMAIN for n in snn.graph.node)
+    blocks = sorted(next((a.i for a in n.attribute if a.name == "channel_block"), 1) for n in neurons)
+    # Every neuron after a convolution is blocked (the 12-channel one with padded parameters),
+    # except the first one of an expanded or serial-IF model, which reads the input batch through
+    # constant_input or a Tile; the neuron after the hidden Gemm is 2-D, not blocked.
+    assert blocks.count(BLOCK) == len(neurons) - 1 - (variant != "folded")
+    assert any(name.endswith(f".nchwc{BLOCK}") for n in neurons for name in n.input) == (variant == "folded")
+    assert not prepared.functions
+    x = random_cnn.inputs(SPEC, 64, seed=1)
+    expected = make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0]
+    got = make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0]
+    if variant == "folded":
+        close = np.abs(got - expected).max(axis=1) <= 1e-4 * np.abs(expected).max(axis=1)
+        assert close.mean() >= 0.99
+    else:
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_make_session_cpu_layout_runs_the_prepared_model():
+    snn = compiled("expanded")
+    x = random_cnn.inputs(SPEC, 8, seed=2)
+    session = make_session(snn, native=True, providers=CPU, cpu_layout=True)
+    np.testing.assert_array_equal(session.run(None, {"x": x})[0],
+                                  make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0])
+
+
+def test_prepared_model_does_not_run_without_the_native_library():
+    prepared = cpu_layout.prepare_for_cpu(compiled("folded"), native_library_path())
+    with pytest.raises(Exception, match="SpikeCount"):
+        make_session(prepared, native=False, providers=CPU)
+
+
+def test_without_nchwc_the_model_is_returned_as_is(monkeypatch):
+    snn = compiled("expanded")
+    monkeypatch.setattr(cpu_layout, "nchwc_block_size", lambda: 1)
+    assert cpu_layout.prepare_for_cpu(snn, native_library_path()) is snn
+
+
+def test_neuron_after_a_convolution_outside_nchwc_is_left_in_nchw():
+    # A grouped convolution with 6 channels per group is no NCHWc candidate: ONNX Runtime keeps it
+    # as a FusedConv, into which it fuses the placeholder's Sigmoid; the neuron stays NCHW.
+    rng = np.random.default_rng(4)
+    weights = {"w": rng.normal(0, 0.3, (12, 6, 3, 3)), "fc": rng.normal(0, 0.3, (4, 12)), "fb": np.zeros(4)}
+    graph = oh.make_graph(
+        [oh.make_node("Conv", ["x", "w"], ["c"], group=2, pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
+         oh.make_node("GlobalAveragePool", ["r"], ["g"]), oh.make_node("Flatten", ["g"], ["f"]),
+         oh.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1)],
+        "grouped", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 12, 6, 6])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onh.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    ann = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(32, 12, 6, 6)).astype(np.float32)
+    snn = compile_model(ann, CompileOptions(steps=4, fold_time=True, calibration_data=CalibrationData(x, "test"))).model
+    prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
+    neuron = next(n for n in prepared.graph.node if n.domain == DOMAIN)
+    assert any(n.op_type == "FusedConv" for n in prepared.graph.node)
+    assert not any(a.name == "channel_block" for a in neuron.attribute)
+    np.testing.assert_array_equal(make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0],
+                                  make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0])
