@@ -111,6 +111,37 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
         click.echo(runtime_description(result.model))
 
 
+@main.command("prepare-cpu")
+@click.argument("model_path", metavar="MODEL.snn.onnx", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default MODEL.cpu.onnx).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@_user_errors
+def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
+    """Write a compiled SNN for ONNX Runtime's CPU provider on this machine: its neurons kept in ONNX
+    Runtime's NCHWc layout (the same outputs, fewer copies). The result needs the native library,
+    this onnxruntime version and this kind of CPU."""
+    from snncc.cpu_layout import nchwc_block_size, prepare_for_cpu
+    from snncc.errors import SnnccError
+    from snncc.modelio import check_output_path, load_model, save_model
+    from snncc.ops import DOMAIN
+    from snncc.session import native_library_path
+
+    model = load_model(model_path)
+    if not any(n.domain == DOMAIN for n in model.graph.node):
+        raise SnnccError(f"{model_path}: no snn neuron ops; compile the ANN first (snncc compile)")
+    library = native_library_path()
+    if library is None:
+        raise SnnccError("prepare-cpu needs the native library libsnncc_ops.so (build it with `make native`)")
+    output = output or model_path.with_suffix(".cpu.onnx")
+    check_output_path(output, model_path, force)
+    prepared = prepare_for_cpu(model, library)
+    save_model(prepared, output)
+    neurons = [n for n in prepared.graph.node if n.domain == DOMAIN]
+    blocked = sum(any(a.name == "channel_block" for a in n.attribute) for n in neurons)
+    click.echo(f"wrote {output}: {blocked} of {len(neurons)} neuron layers in NCHWc (channel block "
+               f"{nchwc_block_size()}); run it on this machine's ONNX Runtime CPU provider with {library.name}")
+
+
 @main.command("inspect")
 @click.argument("model_path", metavar="FILE.onnx", type=click.Path(path_type=Path))
 @_user_errors

@@ -11,10 +11,13 @@ channel's parameters sit: the node attribute `channel_block` = b (docs/ops.md).
 shown to it as Sigmoid -> Tanh, two elementwise ops that its NCHWc pass carries through (a Sigmoid
 that follows a convolution is fused into it), the optimised graph is saved, and every neuron is put
 back where its Tanh is, with channel_block = b when its input is blocked and its per-channel
-parameters padded to the blocked channel count.
+parameters padded to the blocked channel count. A neuron whose batch changes (constant_input, or
+behind a Tile) cannot be shown so; where it sits between reorders only, the reorders are dropped.
 
-Invariant: the prepared model computes bit for bit what the compiled model computes on ONNX
-Runtime's CPU provider with the native library (the same convolution kernels, minus pure copies).
+Invariant: the prepared model computes what the compiled model computes on ONNX Runtime's CPU
+provider with the native library, bit for bit (the same convolution kernels, minus pure copies),
+except where ONNX Runtime now runs a folded model's per-channel rate Mul in NCHWc (as a depthwise
+convolution): there to float rounding.
 It holds ONNX Runtime's internal ops and the CPU's block size, so it runs only there: the same
 onnxruntime version, a CPU of the same kind and the native library, which it cannot run without (it
 carries no function fallbacks, which do not know channel_block).
@@ -142,42 +145,45 @@ def _unfuse_head(tail: onnx.NodeProto, producers: dict[str, onnx.NodeProto]) -> 
     raise LayoutError(f"placeholder {tail.name} is fed by {head.op_type if head else 'no node'}, not by its head")
 
 
-def _padded_parameters(neuron: onnx.NodeProto, block: int, initializers: dict[str, onnx.TensorProto],
-                       added: dict[str, onnx.TensorProto]) -> list[str]:
-    """The neuron's parameter inputs, per-channel ones padded to a multiple of `block` channels."""
-    names = [neuron.input[0]]
-    keys = ["theta_pre", "theta_post", "psi"] if len(neuron.input) == 4 else ["theta_pre", "psi"]
-    for key, name in zip(keys, neuron.input[1:]):
-        values = numpy_helper.to_array(initializers[name])
-        channels = values.size
-        if channels == 1 or channels % block == 0:
-            names.append(name)
-            continue
-        padded_name = f"{name}.nchwc{block}"
-        if padded_name not in added:
-            padded = np.full(-(-channels // block) * block, _PADDING[key], dtype=values.dtype)
-            padded[:channels] = values.reshape(-1)
-            added[padded_name] = numpy_helper.from_array(padded.reshape((-1,) + values.shape[1:]), padded_name)
-        names.append(padded_name)
-    return names
+class _Parameters:
+    """The initializers that restored neurons read: the compiled model's, padded where blocked."""
+
+    def __init__(self, model: onnx.ModelProto, graph: onnx.GraphProto, block: int):
+        self.source = {i.name: i for i in model.graph.initializer}
+        self.graph, self.block = graph, block
+        self.present = {i.name for i in graph.initializer}
+
+    def block_neuron(self, neuron: onnx.NodeProto) -> None:
+        """Sets channel_block on `neuron`, its per-channel parameters padded to whole blocks."""
+        keys = ["theta_pre", "theta_post", "psi"] if len(neuron.input) == 4 else ["theta_pre", "psi"]
+        for index, (key, name) in enumerate(zip(keys, neuron.input[1:]), start=1):
+            values = numpy_helper.to_array(self.source[name])
+            if values.size == 1 or values.size % self.block == 0:
+                continue
+            padded = np.full(-(-values.size // self.block) * self.block, _PADDING[key], dtype=values.dtype)
+            padded[:values.size] = values.reshape(-1)
+            neuron.input[index] = f"{name}.nchwc{self.block}"
+            self._add(numpy_helper.from_array(padded.reshape((-1,) + values.shape[1:]), neuron.input[index]))
+        neuron.attribute.append(helper.make_attribute("channel_block", self.block))
+
+    def provide(self, neuron: onnx.NodeProto) -> None:
+        """Adds the compiled model's initializers that `neuron` reads and the graph lacks."""
+        for name in neuron.input[1:]:
+            if name in self.source:
+                self._add(self.source[name])
+
+    def _add(self, tensor: onnx.TensorProto) -> None:
+        if tensor.name not in self.present:
+            self.graph.initializer.append(tensor)
+            self.present.add(tensor.name)
 
 
-def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
-    """`model` as ONNX Runtime's CPU provider runs it, its neurons kept in the NCHWc layout (module
-    docstring); `model` itself where this CPU has no NCHWc layout or no neuron can use it."""
-    block = nchwc_block_size()
-    shown, neurons = _with_placeholders(model)
-    if block == 1 or not neurons:
-        return model
-    prepared = _optimise(shown, library)
-    graph = prepared.graph
+def _restore_neurons(graph: onnx.GraphProto, neurons: dict[str, onnx.NodeProto], parameters: _Parameters) -> None:
+    """Puts every neuron back in place of its placeholder, blocked where its input is blocked."""
     producers = {out: node for node in graph.node for out in node.output}
-    initializers = {i.name: i for i in model.graph.initializer}
-    present = {i.name for i in graph.initializer}
-    dropped: set[str] = set()
-    added: dict[str, onnx.TensorProto] = {}
-    nodes = []
     blocked = _blocked_tensors(graph)
+    dropped: set[str] = set()
+    nodes = []
     for node in graph.node:
         if not (node.op_type == _TAIL and node.domain == "" and node.name in neurons):
             nodes.append(node)
@@ -188,20 +194,82 @@ def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
         neuron = onnx.NodeProto()
         neuron.CopyFrom(neurons.pop(node.name))
         neuron.output[0] = node.output[0]
+        parameters.provide(neuron)
         if node.input[0] in blocked:
-            neuron.input[:] = _padded_parameters(neuron, block, initializers, added)
-            neuron.attribute.append(helper.make_attribute("channel_block", block))
+            parameters.block_neuron(neuron)
         neuron.input[0] = source
-        for name in neuron.input[1:]:
-            if name not in present and name not in added:
-                graph.initializer.append(initializers[name])
-                present.add(name)
         nodes.append(neuron)
     if neurons:
         raise LayoutError(f"ONNX Runtime's optimised graph lost the placeholders of {sorted(neurons)}")
     del graph.node[:]
     graph.node.extend(n for n in nodes if n.name not in dropped)
-    graph.initializer.extend(added.values())
+
+
+def _is_reorder(node: onnx.NodeProto | None, op_type: str) -> bool:
+    return (node is not None and node.domain == NCHWC_DOMAIN and node.op_type == op_type
+            and _int_attribute(node, "channels_last") == 0)
+
+
+def _batch_tile(node: onnx.NodeProto | None, graph: onnx.GraphProto) -> bool:
+    """Whether `node` is a Tile that repeats whole samples (repeats [k, 1, 1, 1]): layout-free."""
+    if node is None or node.domain != "" or node.op_type != "Tile":
+        return False
+    repeats = next((i for i in graph.initializer if i.name == node.input[1]), None)
+    return repeats is not None and list(numpy_helper.to_array(repeats))[1:] == [1, 1, 1]
+
+
+def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
+    """Blocks each NCHW neuron that sits between ReorderOutput and ReorderInput nodes only: the
+    first neuron of an expanded model (constant_input: one step in, T steps out) or of a serial-IF
+    model (behind a Tile of whole samples), whose batch changes, so that no placeholder fits it."""
+    producers = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    removed: set[int] = set()
+    renamed: dict[str, str] = {}
+    for neuron in [n for n in graph.node if _is_neuron(n) and not _int_attribute(n, "channel_block", 1) > 1]:
+        head = neuron
+        tile = producers.get(neuron.input[0])
+        if _batch_tile(tile, graph) and len(consumers[tile.output[0]]) == 1:
+            head = tile
+        reorder_output = producers.get(head.input[0])
+        readers = consumers.get(neuron.output[0], [])
+        if (not _is_reorder(reorder_output, "ReorderOutput") or neuron.output[0] in outputs or not readers
+                or not all(_is_reorder(r, "ReorderInput") for r in readers)):
+            continue
+        head.input[0] = reorder_output.input[0]
+        parameters.block_neuron(neuron)
+        for reader in readers:
+            renamed[reader.output[0]] = neuron.output[0]
+            removed.add(id(reader))
+        consumers[reorder_output.output[0]].remove(head)
+        if not consumers[reorder_output.output[0]] and reorder_output.output[0] not in outputs:
+            removed.add(id(reorder_output))
+        stale = {head.output[0], neuron.output[0]}  # their recorded shapes have the logical channels
+        kept = [v for v in graph.value_info if v.name not in stale]
+        del graph.value_info[:]
+        graph.value_info.extend(kept)
+    nodes = [n for n in graph.node if id(n) not in removed]
+    for node in nodes:
+        node.input[:] = [renamed.get(name, name) for name in node.input]
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
+    """`model` as ONNX Runtime's CPU provider runs it, its neurons kept in the NCHWc layout (module
+    docstring); `model` itself where this CPU has no NCHWc layout or no neuron can use it."""
+    block = nchwc_block_size()
+    shown, neurons = _with_placeholders(model)
+    if block == 1 or not any(_is_neuron(n) for n in model.graph.node):
+        return model
+    prepared = _optimise(shown, library)
+    parameters = _Parameters(model, prepared.graph, block)
+    _restore_neurons(prepared.graph, neurons, parameters)
+    _absorb_reorders(prepared.graph, parameters)
     del prepared.functions[:]
     if not any(o.domain == ops.DOMAIN for o in prepared.opset_import):
         prepared.opset_import.append(helper.make_opsetid(ops.DOMAIN, ops.VERSION))

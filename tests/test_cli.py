@@ -124,3 +124,22 @@ def test_non_convertible_model_names_the_node(tmp_path):
     assert_user_error(snncc("compile", path, "--T", 4), "sig.onnx", "n7_Sigmoid", "(Sigmoid)")
     inspected = snncc("inspect", path)
     assert inspected.returncode == 0 and "not convertible" in inspected.stdout and "n7_Sigmoid" in inspected.stdout
+
+
+def test_prepare_cpu_writes_a_model_with_the_same_outputs(qcfs_file, tmp_path):
+    from snncc.session import make_session, native_library_path
+
+    if native_library_path() is None:
+        pytest.skip("native library not built")
+    snn_path = tmp_path / "vgg.snn.onnx"
+    assert snncc("compile", qcfs_file, "--T", 4, "-o", snn_path).returncode == 0
+    result = snncc("prepare-cpu", snn_path)
+    assert result.returncode == 0, result.stderr
+    assert "neuron layers in NCHWc" in result.stdout
+    prepared = onnx.load(tmp_path / "vgg.snn.cpu.onnx")
+    x = nets.sample_inputs(8).numpy()
+    cpu = ["CPUExecutionProvider"]
+    np.testing.assert_array_equal(make_session(prepared, native=True, providers=cpu).run(None, {"input": x})[0],
+                                  make_session(onnx.load(snn_path), native=True, providers=cpu).run(None, {"input": x})[0])
+    assert_user_error(snncc("prepare-cpu", snn_path), "already exists", "--force")
+    assert_user_error(snncc("prepare-cpu", qcfs_file, "-o", tmp_path / "ann.cpu.onnx"), "no snn neuron ops")

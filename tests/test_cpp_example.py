@@ -18,6 +18,7 @@ import onnx.numpy_helper as onh
 import onnxruntime
 import pytest
 
+from snncc.cpu_layout import prepare_for_cpu
 from snncc.ops import DOMAIN, TARGET_OPSET, function_library
 from snncc.session import make_session, native_library_path
 
@@ -111,6 +112,10 @@ def test_cpp_example_matches_python(snn_classify, tmp_path):
     raw = str(tmp_path / "x.f32")
     assert classify(snn_classify, "--library", library, "--threads", "1", str(model_path), raw) == expected
     assert classify(snn_classify, str(model_path), str(tmp_path / "x.npy")) == expected  # the ONNX functions
+    # Prepared for this machine's CPU provider (neurons in NCHWc), as `snncc prepare-cpu` writes it.
+    prepared_path = tmp_path / "tiny.snn.cpu.onnx"
+    onnx.save(prepare_for_cpu(model, native_library_path()), prepared_path)
+    assert classify(snn_classify, "--library", library, str(prepared_path), str(tmp_path / "x.npy")) == expected
 
 
 def test_cpp_example_reports_bad_input(snn_classify, tmp_path):

@@ -34,11 +34,15 @@ PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL
               ops.SPIKE_COUNT: ("theta_pre", "psi")}
 
 
-def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, np.ndarray], block: int) -> onnx.ModelProto:
+def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, np.ndarray], block: int,
+                 constant_input: bool = False) -> onnx.ModelProto:
     attributes = {"T": steps} | ({"channel_block": block} if block > 1 else {})
+    if constant_input:
+        attributes["constant_input"] = 1
     node = oh.make_node(op, ["X", *PARAMETERS[op]], ["Y"], domain=DOMAIN, **attributes)
+    y_shape = [shape[0] * steps, *shape[1:]] if constant_input else list(shape)
     graph = oh.make_graph([node], "neuron", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, list(shape))],
-                          [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, list(shape))],
+                          [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, y_shape)],
                           [onh.from_array(params[k], k) for k in PARAMETERS[op]])
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)])
 
@@ -53,25 +57,26 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return make_session(model, native=True, providers=CPU, threads=2).run(None, {"X": x})[0]
 
 
-@pytest.mark.parametrize("op", [ops.PARALLEL_SPIKE, ops.SERIAL_IF, ops.SPIKE_COUNT])
+@pytest.mark.parametrize("op", [ops.PARALLEL_SPIKE, "ParallelSpike constant_input", ops.SERIAL_IF, ops.SPIKE_COUNT])
 @pytest.mark.parametrize("steps", [1, 4, 5, 16])
 @pytest.mark.parametrize("spatial", [(5, 7), (1, 1), (40, 40)])
 def test_blocked_kernel_equals_plain_kernel_on_reordered_tensor(op, steps, spatial):
     # (5, 7): runs of 35·b neurons cross the kernels' 4096-neuron chunks mid-block; (40, 40): runs
     # longer than a chunk; (1, 1): a run per block.
+    op, _, constant = op.partition(" ")
     rng = np.random.default_rng(steps)
-    channels, rows = 3 * BLOCK, 2 * (1 if op == ops.SPIKE_COUNT else steps)
+    channels, rows = 3 * BLOCK, 2 * (1 if op == ops.SPIKE_COUNT or constant else steps)
     shape = (rows, channels, *spatial)
     params = {"theta_pre": rng.uniform(0.5, 2.0, (channels, 1, 1)), "theta_post": rng.uniform(0.5, 2.0, (channels, 1, 1)),
               "psi": rng.uniform(-0.3, 0.3, (channels, 1, 1))}
     params = {k: v.astype(np.float32) for k, v in params.items()}
     x = rng.uniform(-0.5, 2.5, shape).astype(np.float32)
-    blocked = run(neuron_model(op, steps, shape, params, BLOCK), x)
-    plain = run(neuron_model(op, steps, shape, params, 1), to_nchw(x, BLOCK))
+    blocked = run(neuron_model(op, steps, shape, params, BLOCK, bool(constant)), x)
+    plain = run(neuron_model(op, steps, shape, params, 1, bool(constant)), to_nchw(x, BLOCK))
     np.testing.assert_array_equal(to_nchw(blocked, BLOCK), plain)
     if spatial != (1, 1):  # (with H = W = 1, NCHWc is NCHW)
         # The mapping of neurons to channels matters: read as NCHW, the same memory gives other outputs.
-        assert not np.array_equal(run(neuron_model(op, steps, shape, params, 1), x), blocked)
+        assert not np.array_equal(run(neuron_model(op, steps, shape, params, 1, bool(constant)), x), blocked)
 
 
 def test_channel_block_needs_whole_blocks():
@@ -108,11 +113,13 @@ def test_prepared_model_keeps_neurons_blocked_and_computes_the_same(variant):
     neurons = [n for n in prepared.graph.node if n.domain == DOMAIN]
     assert len(neurons) == sum(n.domain == DOMAIN for n in snn.graph.node)
     blocks = sorted(next((a.i for a in n.attribute if a.name == "channel_block"), 1) for n in neurons)
-    # Every neuron after a convolution is blocked (the 12-channel one with padded parameters),
-    # except the first one of an expanded or serial-IF model, which reads the input batch through
-    # constant_input or a Tile; the neuron after the hidden Gemm is 2-D, not blocked.
-    assert blocks.count(BLOCK) == len(neurons) - 1 - (variant != "folded")
-    assert any(name.endswith(f".nchwc{BLOCK}") for n in neurons for name in n.input) == (variant == "folded")
+    # Every neuron after a convolution is blocked, the first one with its parameters padded from 12
+    # channels to whole blocks (expanded: one step in through constant_input; serial IF: behind a
+    # Tile); the neuron after the hidden Gemm is 2-D, not blocked.
+    assert blocks.count(BLOCK) == len(neurons) - 1
+    assert any(name.endswith(f".nchwc{BLOCK}") for name in neurons[0].input)
+    reorders = [n for n in prepared.graph.node if n.op_type.startswith("Reorder")]
+    assert len(reorders) == 1 + (variant == "folded") * 2  # to NCHW for the head (and the residual rate Mul)
     assert not prepared.functions
     x = random_cnn.inputs(SPEC, 64, seed=1)
     expected = make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0]
