@@ -123,11 +123,11 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     from snncc.cpu_layout import nchwc_block_size, prepare_for_cpu
     from snncc.errors import SnnccError
     from snncc.modelio import check_output_path, load_model, save_model
-    from snncc.ops import DOMAIN
+    from snncc.ops import is_neuron
     from snncc.session import native_library_path
 
     model = load_model(model_path)
-    if not any(n.domain == DOMAIN for n in model.graph.node):
+    if not any(is_neuron(n) for n in model.graph.node):
         raise SnnccError(f"{model_path}: no snn neuron ops; compile the ANN first (snncc compile)")
     library = native_library_path()
     if library is None:
@@ -136,7 +136,7 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     check_output_path(output, model_path, force)
     prepared = prepare_for_cpu(model, library)
     save_model(prepared, output)
-    neurons = [n for n in prepared.graph.node if n.domain == DOMAIN]
+    neurons = [n for n in prepared.graph.node if is_neuron(n)]
     blocked = sum(any(a.name == "channel_block" for a in n.attribute) for n in neurons)
     click.echo(f"wrote {output}: {blocked} of {len(neurons)} neuron layers in NCHWc (channel block "
                f"{nchwc_block_size()}); run it on this machine's ONNX Runtime CPU provider with {library.name}")

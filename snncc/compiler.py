@@ -157,7 +157,7 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     proto.functions.extend(ops.function_library())
     proto.producer_name = "snncc"
     proto.producer_version = snncc.__version__
-    neuron_cases = sorted({_case_of(n) for n in proto.graph.node if _is_neuron(n)})
+    neuron_cases = sorted({_case_of(n) for n in proto.graph.node if ops.is_neuron(n)})
     metadata = {
         "snncc.version": snncc.__version__,
         "snncc.T": str(options.steps),
@@ -175,13 +175,6 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
     onnx.checker.check_model(proto, full_check=True)
     return proto
-
-
-NEURON_OPS = (ops.PARALLEL_SPIKE, ops.SPIKE_COUNT, ops.SERIAL_IF)
-
-
-def _is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == ops.DOMAIN and node.op_type in NEURON_OPS
 
 
 def _case_of(node: onnx.NodeProto) -> str:
@@ -203,7 +196,7 @@ def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
     """The neuron layers of a compiled SNN, read back from the graph."""
     layers = []
     for node in proto.graph.node:
-        if not _is_neuron(node):
+        if not ops.is_neuron(node):
             continue
         meta = {p.key: p.value for p in node.metadata_props}
         theta_pre, theta_post, psi = _neuron_parameters(proto, node)

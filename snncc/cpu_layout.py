@@ -39,8 +39,6 @@ from snncc import ops
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 _HEAD, _TAIL = "Sigmoid", "Tanh"
-# Ops that ONNX Runtime's NCHWc pass runs on blocked tensors as they are (their outputs stay blocked).
-_LAYOUT_FREE = {"Add", "Sum", "Mul", "Concat", "Relu", "Sigmoid", "Tanh"}
 # What a padded channel's parameters are: no input current there, so no spikes and a zero output.
 _PADDING = {"theta_pre": 1.0, "theta_post": 0.0, "psi": 0.0}
 
@@ -81,10 +79,6 @@ def nchwc_block_size() -> int:
     return 1
 
 
-def _is_neuron(node: onnx.NodeProto) -> bool:
-    return node.domain == ops.DOMAIN and node.op_type in (ops.PARALLEL_SPIKE, ops.SERIAL_IF, ops.SPIKE_COUNT)
-
-
 def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
@@ -104,7 +98,7 @@ def _with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[st
     neurons: dict[str, onnx.NodeProto] = {}
     nodes = []
     for node in model.graph.node:
-        if _is_neuron(node) and not _int_attribute(node, "constant_input") and ranks.get(node.input[0]) == 4:
+        if ops.is_neuron(node) and not _int_attribute(node, "constant_input") and ranks.get(node.input[0]) == 4:
             head, tail = f"{node.output[0]}/nchwc_head", f"{node.output[0]}/nchwc_neuron"
             neurons[tail] = node
             nodes += [helper.make_node(_HEAD, [node.input[0]], [head], name=head),
@@ -117,13 +111,17 @@ def _with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[st
 
 
 def _blocked_tensors(graph: onnx.GraphProto) -> set[str]:
-    """Names of the tensors that ONNX Runtime's optimised graph holds in NCHWc (nodes in order)."""
+    """Names of the tensors that ONNX Runtime's optimised graph holds in NCHWc (nodes in order).
+
+    Its NCHWc pass lets a blocked tensor reach only ops that it runs in NCHWc, and all of them but
+    ReorderOutput keep it blocked: its own (domain com.microsoft.nchwc) and standard ones that it
+    has switched over (Add, Sum, Mul, Concat, Relu, Sigmoid, Tanh, and the Reshapes it puts
+    around an Add whose input shapes it cannot prove equal)."""
     blocked: set[str] = set()
     for node in graph.node:
-        if node.domain == NCHWC_DOMAIN:
-            if node.op_type != "ReorderOutput":
-                blocked.update(node.output)
-        elif node.domain == "" and node.op_type in _LAYOUT_FREE and node.input[0] in blocked:
+        if node.domain == NCHWC_DOMAIN and node.op_type == "ReorderOutput":
+            continue
+        if node.domain == NCHWC_DOMAIN or (node.input and node.input[0] in blocked):
             blocked.update(node.output)
     return blocked
 
@@ -230,7 +228,7 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     outputs = {o.name for o in graph.output}
     removed: set[int] = set()
     renamed: dict[str, str] = {}
-    for neuron in [n for n in graph.node if _is_neuron(n) and not _int_attribute(n, "channel_block", 1) > 1]:
+    for neuron in [n for n in graph.node if ops.is_neuron(n) and not _int_attribute(n, "channel_block", 1) > 1]:
         head = neuron
         tile = producers.get(neuron.input[0])
         if _batch_tile(tile, graph) and len(consumers[tile.output[0]]) == 1:
@@ -259,17 +257,26 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     graph.node.extend(nodes)
 
 
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """Removes the initializers no node reads (unpadded parameters replaced by padded ones)."""
+    used = {name for node in graph.node for name in node.input}
+    kept = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
 def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
     """`model` as ONNX Runtime's CPU provider runs it, its neurons kept in the NCHWc layout (module
     docstring); `model` itself where this CPU has no NCHWc layout or no neuron can use it."""
     block = nchwc_block_size()
     shown, neurons = _with_placeholders(model)
-    if block == 1 or not any(_is_neuron(n) for n in model.graph.node):
+    if block == 1 or not any(ops.is_neuron(n) for n in model.graph.node):
         return model
     prepared = _optimise(shown, library)
     parameters = _Parameters(model, prepared.graph, block)
     _restore_neurons(prepared.graph, neurons, parameters)
     _absorb_reorders(prepared.graph, parameters)
+    _drop_unused_initializers(prepared.graph)
     del prepared.functions[:]
     if not any(o.domain == ops.DOMAIN for o in prepared.opset_import):
         prepared.opset_import.append(helper.make_opsetid(ops.DOMAIN, ops.VERSION))

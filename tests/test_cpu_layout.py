@@ -172,3 +172,44 @@ def test_neuron_after_a_convolution_outside_nchwc_is_left_in_nchw():
     assert not any(a.name == "channel_block" for a in neuron.attribute)
     np.testing.assert_array_equal(make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0],
                                   make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0])
+
+
+@pytest.mark.parametrize("fold_time", [False, True])
+def test_requested_spike_trains_come_out_in_nchw(fold_time):
+    # Graph outputs are read in NCHW: ONNX Runtime reorders a blocked neuron output that is one.
+    names = [n.name for n in compile_model(random_cnn.build(SPEC), CompileOptions(steps=4, fold_time=fold_time)).model.graph.node
+             if n.domain == DOMAIN][:3]
+    options = CompileOptions(steps=4, fold_time=fold_time, emit_spikes=tuple(names))
+    snn = compile_model(random_cnn.build(SPEC), options).model
+    prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
+    x = random_cnn.inputs(SPEC, 8, seed=5)
+    expected = make_session(snn, native=True, providers=CPU).run(None, {"x": x})
+    got = make_session(prepared, native=True, providers=CPU).run(None, {"x": x})
+    assert len(got) == 4
+    for e, g in zip(expected[1:], got[1:]):
+        np.testing.assert_array_equal(g, e)
+
+
+# Residual blocks whose Add ONNX Runtime cannot prove to have equal input shapes (a strided
+# projection shortcut beside a time-expanded branch): it runs the Add in NCHWc between Reshapes.
+RESIDUAL_SPEC = NetSpec(in_channels=3, size=12, classes=5, head="gap", blocks=(
+    Block("conv", channels=2 * BLOCK, act=qcfs()),
+    Block("residual", channels=4 * BLOCK, stride=2, act=qcfs(), act2=qcfs()),
+    Block("residual", channels=4 * BLOCK, act=qcfs(), act2=qcfs()),
+))
+
+
+@pytest.mark.parametrize("variant", ["expanded", "folded", "if"])
+def test_neurons_behind_nchwc_reshapes_are_blocked(variant):
+    options = CompileOptions(steps=4, neuron="if" if variant == "if" else "parallel", fold_time=variant == "folded")
+    snn = compile_model(random_cnn.build(RESIDUAL_SPEC), options).model
+    prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
+    neurons = [n for n in prepared.graph.node if n.domain == DOMAIN]
+    assert all(any(a.name == "channel_block" for a in n.attribute) for n in neurons)
+    x = random_cnn.inputs(RESIDUAL_SPEC, 16, seed=6)
+    expected = make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0]
+    got = make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0]
+    if variant == "folded":  # the rate Muls run as depthwise convolutions
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    else:
+        np.testing.assert_array_equal(got, expected)

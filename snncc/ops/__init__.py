@@ -14,6 +14,13 @@ DOMAIN = "snn"
 VERSION = 1
 # The standard opset every compiled model (and every function body) uses.
 TARGET_OPSET = 21
+# The ops that are a layer of spiking neurons (SpikeTrain only rebuilds a train from counts).
+NEURON_OPS = (PARALLEL_SPIKE, SPIKE_COUNT, SERIAL_IF)
+
+
+def is_neuron(node) -> bool:
+    """Whether an onnx or onnx_ir node is a layer of spiking neurons."""
+    return node.domain == DOMAIN and node.op_type in NEURON_OPS
 
 
 def function_library() -> list[onnx.FunctionProto]:
@@ -26,4 +33,4 @@ def function_library() -> list[onnx.FunctionProto]:
     ]
 
 
-__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "PARALLEL_SPIKE", "SPIKE_COUNT", "SPIKE_TRAIN", "SERIAL_IF", "function_library"]
+__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "NEURON_OPS", "is_neuron", "PARALLEL_SPIKE", "SPIKE_COUNT", "SPIKE_TRAIN", "SERIAL_IF", "function_library"]

@@ -21,7 +21,7 @@ PASS_NAME = "emit_spikes"
 
 
 def _neurons(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == ops.DOMAIN and n.op_type in (ops.PARALLEL_SPIKE, ops.SERIAL_IF, ops.SPIKE_COUNT)]
+    return [n for n in graph if ops.is_neuron(n)]
 
 
 def _find(neurons: list[ir.Node], wanted: str) -> ir.Node:
