@@ -118,7 +118,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
 @_user_errors
 def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     """Write a compiled SNN for ONNX Runtime's CPU provider on this machine: its neurons kept in ONNX
-    Runtime's NCHWc layout (the same outputs, fewer copies). The result needs the native library,
+    Runtime's NCHWc layout (fewer copies, the same outputs to float rounding). It needs the native library,
     this onnxruntime version and this kind of CPU."""
     from snncc.cpu_layout import nchwc_block_size, prepare_for_cpu
     from snncc.errors import SnnccError

@@ -11,13 +11,17 @@ channel's parameters sit: the node attribute `channel_block` = b (docs/ops.md).
 shown to it as Sigmoid -> Tanh, two elementwise ops that its NCHWc pass carries through (a Sigmoid
 that follows a convolution is fused into it), the optimised graph is saved, and every neuron is put
 back where its Tanh is, with channel_block = b when its input is blocked and its per-channel
-parameters padded to the blocked channel count. A neuron whose batch changes (constant_input, or
-behind a Tile) cannot be shown so; where it sits between reorders only, the reorders are dropped.
+parameters padded to the blocked channel count. A neuron that ONNX Runtime leaves in NCHW between
+reorders only (the constant_input ParallelSpike, whose batch changes so that no placeholder fits
+it, and a serial-IF neuron behind a Tile, which ONNX Runtime runs in NCHW) is blocked by dropping
+those reorders.
 
 Invariant: the prepared model computes what the compiled model computes on ONNX Runtime's CPU
-provider with the native library, bit for bit (the same convolution kernels, minus pure copies),
-except where ONNX Runtime now runs a folded model's per-channel rate Mul in NCHWc (as a depthwise
-convolution): there to float rounding.
+provider with the native library, with the same convolution kernels minus pure copies. Where the
+blocked layout lets ONNX Runtime fuse more (a residual Add into the convolution before it, a folded
+model's per-channel rate Mul run as a depthwise convolution), currents can differ in float
+rounding, and a neuron whose drive lies within that rounding of a firing threshold can fire one
+spike more or less: the rounding rule of docs/ops.md. Elsewhere the outputs are bit-identical.
 It holds ONNX Runtime's internal ops and the CPU's block size, so it runs only there: the same
 onnxruntime version, a CPU of the same kind and the native library, which it cannot run without (it
 carries no function fallbacks, which do not know channel_block).
@@ -91,14 +95,23 @@ def _input_ranks(model: onnx.ModelProto) -> dict[str, int]:
 
 def _with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.NodeProto]]:
     """`model` with every neuron on a 4-D tensor (same shape in and out) replaced by Sigmoid -> Tanh,
-    and the replaced neurons by the name of their Tanh (ONNX Runtime may rename its output)."""
+    and the replaced neurons by the name of their Tanh (ONNX Runtime may rename its output).
+
+    A neuron that shares its input with another neuron keeps its op: ONNX Runtime would merge the
+    two identical placeholders into one."""
     ranks = _input_ranks(model)
+    initializers = {i.name for i in model.graph.initializer}
+    readers: dict[str, int] = {}
+    for node in model.graph.node:
+        if ops.is_neuron(node):
+            readers[node.input[0]] = readers.get(node.input[0], 0) + 1
     shown = onnx.ModelProto()
     shown.CopyFrom(model)
     neurons: dict[str, onnx.NodeProto] = {}
     nodes = []
     for node in model.graph.node:
-        if ops.is_neuron(node) and not _int_attribute(node, "constant_input") and ranks.get(node.input[0]) == 4:
+        if (ops.is_neuron(node) and not _int_attribute(node, "constant_input") and ranks.get(node.input[0]) == 4
+                and readers[node.input[0]] == 1 and set(node.input[1:]) <= initializers):
             head, tail = f"{node.output[0]}/nchwc_head", f"{node.output[0]}/nchwc_neuron"
             neurons[tail] = node
             nodes += [helper.make_node(_HEAD, [node.input[0]], [head], name=head),
@@ -218,8 +231,9 @@ def _batch_tile(node: onnx.NodeProto | None, graph: onnx.GraphProto) -> bool:
 
 def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     """Blocks each NCHW neuron that sits between ReorderOutput and ReorderInput nodes only: the
-    first neuron of an expanded model (constant_input: one step in, T steps out) or of a serial-IF
-    model (behind a Tile of whole samples), whose batch changes, so that no placeholder fits it."""
+    first neuron of an expanded model (constant_input: one step in, T steps out; no placeholder
+    fits it) or of a serial-IF model (behind a Tile of whole samples, which ONNX Runtime runs in
+    NCHW)."""
     producers = {out: node for node in graph.node for out in node.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
@@ -228,10 +242,13 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     outputs = {o.name for o in graph.output}
     removed: set[int] = set()
     renamed: dict[str, str] = {}
-    for neuron in [n for n in graph.node if ops.is_neuron(n) and not _int_attribute(n, "channel_block", 1) > 1]:
+    for neuron in graph.node:
+        if (not ops.is_neuron(neuron) or _int_attribute(neuron, "channel_block", 1) > 1
+                or not set(neuron.input[1:]) <= parameters.source.keys()):
+            continue
         head = neuron
         tile = producers.get(neuron.input[0])
-        if _batch_tile(tile, graph) and len(consumers[tile.output[0]]) == 1:
+        if _batch_tile(tile, graph) and len(consumers[tile.output[0]]) == 1 and tile.output[0] not in outputs:
             head = tile
         reorder_output = producers.get(head.input[0])
         readers = consumers.get(neuron.output[0], [])
@@ -269,13 +286,15 @@ def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
     """`model` as ONNX Runtime's CPU provider runs it, its neurons kept in the NCHWc layout (module
     docstring); `model` itself where this CPU has no NCHWc layout or no neuron can use it."""
     block = nchwc_block_size()
-    shown, neurons = _with_placeholders(model)
     if block == 1 or not any(ops.is_neuron(n) for n in model.graph.node):
         return model
+    shown, neurons = _with_placeholders(model)
     prepared = _optimise(shown, library)
     parameters = _Parameters(model, prepared.graph, block)
     _restore_neurons(prepared.graph, neurons, parameters)
     _absorb_reorders(prepared.graph, parameters)
+    if not any(_int_attribute(n, "channel_block", 1) > 1 for n in prepared.graph.node):
+        return model
     _drop_unused_initializers(prepared.graph)
     del prepared.functions[:]
     if not any(o.domain == ops.DOMAIN for o in prepared.opset_import):

@@ -57,7 +57,8 @@ def make_session(
 ) -> ort.InferenceSession:
     """An InferenceSession for `model`; native=None registers the library when present. With
     cpu_layout, a session on the CPU provider alone with the library runs the model with its neurons
-    kept in ONNX Runtime's NCHWc layout (snncc.cpu_layout; the same outputs, fewer copies)."""
+    kept in ONNX Runtime's NCHWc layout (snncc.cpu_layout: fewer copies, the same outputs to float
+    rounding)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: no "unused initializer" chatter around our output
     if threads is not None:
