@@ -163,24 +163,32 @@ def test_without_nchwc_the_model_is_returned_as_is(monkeypatch):
     assert cpu_layout.prepare_for_cpu(snn, native_library_path()) is snn
 
 
+def folded_snn(body: list[onnx.NodeProto], out: str, channels: int, weights: dict[str, np.ndarray],
+               in_channels: int, rng: np.random.Generator) -> tuple[onnx.ModelProto, np.ndarray]:
+    """The folded SNN of an ANN made of `body` (from input x, [N, in_channels, 6, 6], to tensor
+    `out` of `channels` channels), a global average pool and a Gemm to 4 classes, calibrated on 32
+    random inputs; and those inputs."""
+    weights = weights | {"fc": rng.normal(0, 0.3, (4, channels)), "fb": np.zeros(4)}
+    head = [oh.make_node("GlobalAveragePool", [out], ["g"]), oh.make_node("Flatten", ["g"], ["f"]),
+            oh.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1)]
+    graph = oh.make_graph(
+        body + head, "ann", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", in_channels, 6, 6])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
+        [onh.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    ann = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
+    x = rng.normal(size=(32, in_channels, 6, 6)).astype(np.float32)
+    return compile_model(ann, CompileOptions(steps=4, fold_time=True, calibration_data=CalibrationData(x, "test"))).model, x
+
+
 def test_neuron_after_a_convolution_outside_nchwc_is_left_in_nchw():
     # A grouped convolution with 4 channels per group is no NCHWc candidate: ONNX Runtime keeps it
     # as a FusedConv, into which it fuses the placeholder's Sigmoid; that neuron stays NCHW, the one
     # after the next (1x1) convolution is blocked.
     rng = np.random.default_rng(4)
-    weights = {"w": rng.normal(0, 0.3, (16, 4, 3, 3)), "w2": rng.normal(0, 0.3, (16, 16, 1, 1)),
-               "fc": rng.normal(0, 0.3, (4, 16)), "fb": np.zeros(4)}
-    graph = oh.make_graph(
-        [oh.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
-         oh.make_node("Conv", ["r", "w2"], ["c2"]), oh.make_node("Relu", ["c2"], ["r2"]),
-         oh.make_node("GlobalAveragePool", ["r2"], ["g"]), oh.make_node("Flatten", ["g"], ["f"]),
-         oh.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1)],
-        "grouped", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 16, 6, 6])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
-        [onh.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    ann = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
-    x = rng.normal(size=(32, 16, 6, 6)).astype(np.float32)
-    snn = compile_model(ann, CompileOptions(steps=4, fold_time=True, calibration_data=CalibrationData(x, "test"))).model
+    weights = {"w": rng.normal(0, 0.3, (16, 4, 3, 3)), "w2": rng.normal(0, 0.3, (16, 16, 1, 1))}
+    body = [oh.make_node("Conv", ["x", "w"], ["c"], group=4, pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
+            oh.make_node("Conv", ["r", "w2"], ["c2"]), oh.make_node("Relu", ["c2"], ["r2"])]
+    snn, x = folded_snn(body, "r2", 16, weights, 16, rng)
     prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
     fused = [n for n in prepared.graph.node if n.op_type == "FusedConv"]
     assert len(fused) == 1 and not any(a.name == "activation" for a in fused[0].attribute)
@@ -232,19 +240,10 @@ def test_neurons_behind_nchwc_reshapes_are_blocked(variant):
 def test_neurons_that_share_an_input_keep_their_reorders():
     # Two activations of one convolution: ONNX Runtime would merge their identical placeholders.
     rng = np.random.default_rng(7)
-    weights = {"w": rng.normal(0, 0.3, (2 * BLOCK, 3, 3, 3)), "fc": rng.normal(0, 0.3, (4, 2 * BLOCK)),
-               "fb": np.zeros(4), "low": np.zeros(()), "high": np.full((), 0.5)}
-    graph = oh.make_graph(
-        [oh.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
-         oh.make_node("Clip", ["c", "low", "high"], ["k"]), oh.make_node("Add", ["r", "k"], ["s"]),
-         oh.make_node("GlobalAveragePool", ["s"], ["g"]), oh.make_node("Flatten", ["g"], ["f"]),
-         oh.make_node("Gemm", ["f", "fc", "fb"], ["y"], transB=1)],
-        "shared", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 6, 6])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4])],
-        [onh.from_array(v.astype(np.float32), k) for k, v in weights.items()])
-    ann = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)], ir_version=8)
-    x = rng.normal(size=(32, 3, 6, 6)).astype(np.float32)
-    snn = compile_model(ann, CompileOptions(steps=4, fold_time=True, calibration_data=CalibrationData(x, "test"))).model
+    weights = {"w": rng.normal(0, 0.3, (2 * BLOCK, 3, 3, 3)), "low": np.zeros(()), "high": np.full((), 0.5)}
+    body = [oh.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), oh.make_node("Relu", ["c"], ["r"]),
+            oh.make_node("Clip", ["c", "low", "high"], ["k"]), oh.make_node("Add", ["r", "k"], ["s"])]
+    snn, x = folded_snn(body, "s", 2 * BLOCK, weights, 3, rng)
     prepared = cpu_layout.prepare_for_cpu(snn, native_library_path())
     assert sum(n.domain == DOMAIN for n in prepared.graph.node) == 2
     np.testing.assert_array_equal(make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0],
