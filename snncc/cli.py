@@ -113,7 +113,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
 
 @main.command("prepare-cpu")
 @click.argument("model_path", metavar="MODEL.snn.onnx", type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default MODEL.cpu.onnx).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default MODEL.snn.cpu.onnx).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @_user_errors
 def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
