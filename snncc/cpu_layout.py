@@ -242,6 +242,7 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     outputs = {o.name for o in graph.output}
     removed: set[int] = set()
     renamed: dict[str, str] = {}
+    stale: set[str] = set()  # tensors whose recorded shapes have the logical channel count
     for neuron in graph.node:
         if (not ops.is_neuron(neuron) or _int_attribute(neuron, "channel_block", 1) > 1
                 or not set(neuron.input[1:]) <= parameters.source.keys()):
@@ -263,10 +264,10 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
         consumers[reorder_output.output[0]].remove(head)
         if not consumers[reorder_output.output[0]] and reorder_output.output[0] not in outputs:
             removed.add(id(reorder_output))
-        stale = {head.output[0], neuron.output[0]}  # their recorded shapes have the logical channels
-        kept = [v for v in graph.value_info if v.name not in stale]
-        del graph.value_info[:]
-        graph.value_info.extend(kept)
+        stale.update((head.output[0], neuron.output[0]))
+    kept = [v for v in graph.value_info if v.name not in stale]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
     nodes = [n for n in graph.node if id(n) not in removed]
     for node in nodes:
         node.input[:] = [renamed.get(name, name) for name in node.input]
