@@ -120,7 +120,7 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     """Write a compiled SNN for ONNX Runtime's CPU provider on this machine: its neurons kept in ONNX
     Runtime's NCHWc layout (fewer copies, the same outputs to float rounding). It needs the native library,
     this onnxruntime version and this kind of CPU."""
-    from snncc.cpu_layout import nchwc_block_size, prepare_for_cpu
+    from snncc.cpu_layout import is_prepared, nchwc_block_size, prepare_for_cpu
     from snncc.errors import SnnccError
     from snncc.modelio import check_output_path, load_model, save_model
     from snncc.ops import is_neuron
@@ -129,6 +129,8 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     model = load_model(model_path)
     if not any(is_neuron(n) for n in model.graph.node):
         raise SnnccError(f"{model_path}: no snn neuron ops; compile the ANN first (snncc compile)")
+    if is_prepared(model):
+        raise SnnccError(f"{model_path}: already prepared for ONNX Runtime's CPU provider; prepare the compiled model")
     library = native_library_path()
     if library is None:
         raise SnnccError("prepare-cpu needs the native library libsnncc_ops.so (build it with `make native`)")

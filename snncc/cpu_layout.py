@@ -14,13 +14,14 @@ back where its Tanh is, with channel_block = b when its input is blocked and its
 parameters padded to the blocked channel count. A neuron that ONNX Runtime leaves in NCHW between
 reorders only (the constant_input ParallelSpike, whose batch changes so that no placeholder fits
 it, and a serial-IF neuron behind a Tile, which ONNX Runtime runs in NCHW) is blocked by dropping
-those reorders.
+those reorders. Before all this, a folded model's rate Muls are fused into their SpikeCounts
+(snncc.spike_rate_fusion), which ONNX Runtime would otherwise run as depthwise convolutions or in
+NCHW between reorders.
 
 Invariant: the prepared model computes what the compiled model computes on ONNX Runtime's CPU
 provider with the native library, with the same convolution kernels minus pure copies. Where the
-blocked layout lets ONNX Runtime fuse more (a residual Add into the convolution before it, a folded
-model's per-channel rate Mul run as a depthwise convolution), currents can differ in float
-rounding, and a neuron whose drive lies within that rounding of a firing threshold can fire one
+blocked layout lets ONNX Runtime fuse more (a residual Add into the convolution before it),
+currents can differ in float rounding, and a neuron whose drive lies within that rounding of a firing threshold can fire one
 spike more or less: the rounding rule of docs/ops.md. Elsewhere the outputs are bit-identical.
 It holds ONNX Runtime's internal ops and the CPU's block size, so it runs only there: the same
 onnxruntime version, a CPU of the same kind and the native library, which it cannot run without (it
@@ -40,11 +41,15 @@ import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 from snncc import ops
+from snncc.spike_rate_fusion import fuse_spike_rates
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 _HEAD, _TAIL = "Sigmoid", "Tanh"
+# The per-channel parameters (inputs 1, 2, ...) of each neuron op.
+_PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL_IF: ("theta_pre", "theta_post", "psi"),
+               ops.SPIKE_COUNT: ("theta_pre", "psi", "rate_per_spike")}
 # What a padded channel's parameters are: no input current there, so no spikes and a zero output.
-_PADDING = {"theta_pre": 1.0, "theta_post": 0.0, "psi": 0.0}
+_PADDING = {"theta_pre": 1.0, "theta_post": 0.0, "psi": 0.0, "rate_per_spike": 0.0}
 
 
 class LayoutError(RuntimeError):
@@ -87,19 +92,26 @@ def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def _input_ranks(model: onnx.ModelProto) -> dict[str, int]:
+def is_prepared(model: onnx.ModelProto) -> bool:
+    """Whether `model` comes from prepare_for_cpu: it holds ONNX Runtime's NCHWc ops, a blocked
+    neuron or a SpikeCount with a fused rate."""
+    return any(node.domain == NCHWC_DOMAIN or (ops.is_neuron(node) and (
+        _int_attribute(node, "channel_block", 1) > 1 or (node.op_type == ops.SPIKE_COUNT and len(node.input) > 3)))
+        for node in model.graph.node)
+
+
+def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
     return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
 
 
-def _with_placeholders(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, onnx.NodeProto]]:
+def _with_placeholders(model: onnx.ModelProto, ranks: dict[str, int]) -> tuple[onnx.ModelProto, dict[str, onnx.NodeProto]]:
     """`model` with every neuron on a 4-D tensor (same shape in and out) replaced by Sigmoid -> Tanh,
     and the replaced neurons by the name of their Tanh (ONNX Runtime may rename its output).
 
     A neuron that shares its input with another neuron keeps its op: ONNX Runtime would merge the
     two identical placeholders into one."""
-    ranks = _input_ranks(model)
     initializers = {i.name for i in model.graph.initializer}
     readers: dict[str, int] = {}
     for node in model.graph.node:
@@ -166,8 +178,7 @@ class _Parameters:
 
     def block_neuron(self, neuron: onnx.NodeProto) -> None:
         """Sets channel_block on `neuron`, its per-channel parameters padded to whole blocks."""
-        keys = ["theta_pre", "theta_post", "psi"] if len(neuron.input) == 4 else ["theta_pre", "psi"]
-        for index, (key, name) in enumerate(zip(keys, neuron.input[1:]), start=1):
+        for index, (key, name) in enumerate(zip(_PARAMETERS[neuron.op_type], neuron.input[1:]), start=1):
             values = numpy_helper.to_array(self.source[name])
             if values.size == 1 or values.size % self.block == 0:
                 continue
@@ -289,9 +300,11 @@ def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
     block = nchwc_block_size()
     if block == 1 or not any(ops.is_neuron(n) for n in model.graph.node):
         return model
-    shown, neurons = _with_placeholders(model)
+    ranks = _tensor_ranks(model)
+    fused = fuse_spike_rates(model, ranks)
+    shown, neurons = _with_placeholders(fused, ranks)
     prepared = _optimise(shown, library)
-    parameters = _Parameters(model, prepared.graph, block)
+    parameters = _Parameters(fused, prepared.graph, block)
     _restore_neurons(prepared.graph, neurons, parameters)
     _absorb_reorders(prepared.graph, parameters)
     if not any(_int_attribute(n, "channel_block", 1) > 1 for n in prepared.graph.node):

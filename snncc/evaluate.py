@@ -151,10 +151,14 @@ def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, so
 
 def require_snn(model: onnx.ModelProto, source: str) -> None:
     from snncc import spikes
+    from snncc.cpu_layout import is_prepared
 
     if not spikes.neuron_nodes(model):
         raise SnnccError(f"{source}: not a spiking model (no snn.ParallelSpike, SerialIF or SpikeCount node); "
                          f"compile it first: snncc compile {source} --T 4")
+    if is_prepared(model):
+        raise SnnccError(f"{source}: prepared for ONNX Runtime's CPU provider (snncc prepare-cpu), where neurons "
+                         "hold blocked tensors and rates; evaluate the compiled model it was prepared from")
 
 
 class SnnEvaluation:

@@ -3,9 +3,9 @@ and `snncc.cpu_layout.prepare_for_cpu`, which keeps a compiled model's neurons i
 
 References: a blocked kernel call equals the plain kernel on the same tensor reordered to NCHW;
 a prepared model equals the compiled model run by ONNX Runtime with the native library, bit for
-bit, except where the blocked layout lets ONNX Runtime fuse a residual Add into a convolution or
-run a folded model's rate Mul as a depthwise convolution: there the standard of the folded graph
-(issue #6) holds, logits within 1e-4 of their largest on 99% of inputs.
+bit (a folded model's rate Muls fused into its SpikeCounts included), except where the blocked
+layout lets ONNX Runtime fuse a residual Add into a convolution: there the standard of the folded
+graph (issue #6) holds, logits within 1e-4 of their largest on 99% of inputs.
 """
 
 from __future__ import annotations
@@ -36,15 +36,17 @@ PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL
 
 
 def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, np.ndarray], block: int,
-                 constant_input: bool = False) -> onnx.ModelProto:
+                 variant: str = "") -> onnx.ModelProto:
+    """One neuron node; `variant` "constant_input" (ParallelSpike) or "rate_per_spike" (SpikeCount)."""
     attributes = {"T": steps} | ({"channel_block": block} if block > 1 else {})
-    if constant_input:
+    if variant == "constant_input":
         attributes["constant_input"] = 1
-    node = oh.make_node(op, ["X", *PARAMETERS[op]], ["Y"], domain=DOMAIN, **attributes)
-    y_shape = [shape[0] * steps, *shape[1:]] if constant_input else list(shape)
+    inputs = PARAMETERS[op] + (("rate_per_spike",) if variant == "rate_per_spike" else ())
+    node = oh.make_node(op, ["X", *inputs], ["Y"], domain=DOMAIN, **attributes)
+    y_shape = [shape[0] * steps, *shape[1:]] if variant == "constant_input" else list(shape)
     graph = oh.make_graph([node], "neuron", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, list(shape))],
                           [oh.make_tensor_value_info("Y", onnx.TensorProto.FLOAT, y_shape)],
-                          [onh.from_array(params[k], k) for k in PARAMETERS[op]])
+                          [onh.from_array(params[k], k) for k in inputs])
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)])
 
 
@@ -58,26 +60,27 @@ def run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     return make_session(model, native=True, providers=CPU, threads=2).run(None, {"X": x})[0]
 
 
-@pytest.mark.parametrize("op", [ops.PARALLEL_SPIKE, "ParallelSpike constant_input", ops.SERIAL_IF, ops.SPIKE_COUNT])
+@pytest.mark.parametrize("op", [ops.PARALLEL_SPIKE, "ParallelSpike constant_input", ops.SERIAL_IF, ops.SPIKE_COUNT,
+                                "SpikeCount rate_per_spike"])
 @pytest.mark.parametrize("steps", [1, 4, 5, 16])
 @pytest.mark.parametrize("spatial", [(5, 7), (1, 1), (40, 40)])
 def test_blocked_kernel_equals_plain_kernel_on_reordered_tensor(op, steps, spatial):
     # (5, 7): runs of 35·b neurons cross the kernels' 4096-neuron chunks mid-block; (40, 40): runs
     # longer than a chunk; (1, 1): a run per block.
-    op, _, constant = op.partition(" ")
+    op, _, variant = op.partition(" ")
     rng = np.random.default_rng(steps)
-    channels, rows = 3 * BLOCK, 2 * (1 if op == ops.SPIKE_COUNT or constant else steps)
+    channels, rows = 3 * BLOCK, 2 * (1 if op == ops.SPIKE_COUNT or variant == "constant_input" else steps)
     shape = (rows, channels, *spatial)
     params = {"theta_pre": rng.uniform(0.5, 2.0, (channels, 1, 1)), "theta_post": rng.uniform(0.5, 2.0, (channels, 1, 1)),
-              "psi": rng.uniform(-0.3, 0.3, (channels, 1, 1))}
+              "psi": rng.uniform(-0.3, 0.3, (channels, 1, 1)), "rate_per_spike": rng.uniform(0.1, 0.5, (channels, 1, 1))}
     params = {k: v.astype(np.float32) for k, v in params.items()}
     x = rng.uniform(-0.5, 2.5, shape).astype(np.float32)
-    blocked = run(neuron_model(op, steps, shape, params, BLOCK, bool(constant)), x)
-    plain = run(neuron_model(op, steps, shape, params, 1, bool(constant)), to_nchw(x, BLOCK))
+    blocked = run(neuron_model(op, steps, shape, params, BLOCK, variant), x)
+    plain = run(neuron_model(op, steps, shape, params, 1, variant), to_nchw(x, BLOCK))
     np.testing.assert_array_equal(to_nchw(blocked, BLOCK), plain)
     if spatial != (1, 1):  # (with H = W = 1, NCHWc is NCHW)
         # The mapping of neurons to channels matters: read as NCHW, the same memory gives other outputs.
-        assert not np.array_equal(run(neuron_model(op, steps, shape, params, 1, bool(constant)), x), blocked)
+        assert not np.array_equal(run(neuron_model(op, steps, shape, params, 1, variant), x), blocked)
 
 
 def test_channel_block_needs_whole_blocks():
@@ -126,17 +129,17 @@ def test_prepared_model_keeps_neurons_blocked_and_computes_the_same(variant):
     assert blocks.count(BLOCK) == len(neurons) - 1
     assert any(name.endswith(f".nchwc{BLOCK}") for name in neurons[0].input)
     reorders = [n for n in prepared.graph.node if n.op_type.startswith("Reorder")]
-    # To NCHW for the head; a folded model's rate Mul by a scalar (the third layer's) stays NCHW,
-    # while ONNX Runtime runs one by a per-channel vector in NCHWc, as a depthwise convolution.
-    assert len(reorders) == 1 + 2 * (variant == "folded")
+    assert len(reorders) == 1  # to NCHW for the head
+    # A folded model's rate Muls (by a per-channel vector, and by a scalar in the third layer) are
+    # fused into the SpikeCounts before them: no Mul and no depthwise convolution remains.
+    assert all(len(n.input) == 4 for n in neurons)
+    assert not any(n.op_type == "Mul" for n in prepared.graph.node)
+    assert sum(n.op_type == "Conv" for n in prepared.graph.node) == sum(n.op_type == "Conv" for n in snn.graph.node)
     assert not prepared.functions
     x = random_cnn.inputs(SPEC, 64, seed=1)
     expected = make_session(snn, native=True, providers=CPU).run(None, {"x": x})[0]
     got = make_session(prepared, native=True, providers=CPU).run(None, {"x": x})[0]
-    if variant == "folded":
-        assert_logits_agree(got, expected)
-    else:
-        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_make_session_cpu_layout_runs_the_prepared_model(monkeypatch):

@@ -36,16 +36,22 @@ SPECIALS = [np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 3e38, -3e38, 1e30, -1e3
 
 
 def spike_count_model(steps: int, m_shape: tuple[int, ...], theta_pre: np.ndarray, psi: np.ndarray,
-                      dtype=np.float32) -> onnx.ModelProto:
-    """One SpikeCount node; M is a graph input, the parameters are initializers."""
+                      dtype=np.float32, rate: np.ndarray | None = None, fused: bool = True) -> onnx.ModelProto:
+    """One SpikeCount node; M is a graph input, the parameters are initializers. With `rate`, the
+    output is the firing rate: the node's optional input rate_per_spike (`fused`), or a Mul after it."""
     elem = _ONNX_TYPE[np.dtype(dtype).type]
-    node = oh.make_node(ops.SPIKE_COUNT, ["M", "theta_pre", "psi"], ["K"], domain=DOMAIN, T=steps)
+    initializers = {"theta_pre": theta_pre, "psi": psi} | ({} if rate is None else {"rate_per_spike": rate})
+    if rate is None or fused:
+        nodes = [oh.make_node(ops.SPIKE_COUNT, list(initializers), ["K"], domain=DOMAIN, T=steps)]
+        nodes[0].input.insert(0, "M")
+    else:
+        nodes = [oh.make_node(ops.SPIKE_COUNT, ["M", "theta_pre", "psi"], ["count"], domain=DOMAIN, T=steps),
+                 oh.make_node("Mul", ["count", "rate_per_spike"], ["K"])]
     graph = oh.make_graph(
-        [node], "spike_count",
+        nodes, "spike_count",
         [oh.make_tensor_value_info("M", elem, list(m_shape))],
         [oh.make_tensor_value_info("K", elem, list(m_shape))],
-        initializer=[onh.from_array(np.asarray(theta_pre, dtype), "theta_pre"),
-                     onh.from_array(np.asarray(psi, dtype), "psi")],
+        initializer=[onh.from_array(np.asarray(v, dtype), k) for k, v in initializers.items()],
     )
     opsets = [oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)]
     return oh.make_model(graph, opset_imports=opsets, functions=function_library())
@@ -162,6 +168,43 @@ def test_invalid_parameters_are_rejected():
         run(spike_count_model(4, (8, 5), theta, psi), np.zeros((8, 5), np.float32), native=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("rank", [4, 2])
+@pytest.mark.parametrize("per_channel", [False, True], ids=["scalar", "per_channel"])
+@pytest.mark.parametrize("steps", [1, 4, 7, 64])
+def test_rate_per_spike_equals_the_count_times_it(steps, per_channel, rank, dtype):
+    """The optional input rate_per_spike (native CPU only): the function followed by a Mul, bit for bit."""
+    rng = np.random.default_rng(steps * 10 + per_channel * 4 + rank + 500)
+    channels = 5
+    shape = (3, channels, 7, 9) if rank == 4 else (37, channels)
+    theta, psi = (p.astype(dtype) for p in params(rng, per_channel, channels, rank))
+    rate = (params(rng, per_channel, channels, rank)[0] / steps).astype(dtype)
+    m = currents(rng, steps, theta, psi, shape, dtype)
+    fused = run(spike_count_model(steps, shape, theta, psi, dtype, rate), m, native=True)
+    assert_bitwise_equal(fused, run(spike_count_model(steps, shape, theta, psi, dtype, rate, fused=False), m, native=False))
+    count = run(spike_count_model(steps, shape, theta, psi, dtype), m, native=True)
+    assert not np.array_equal(fused, count)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_rate_per_spike_non_finite(dtype):
+    """Rates of 0, -0, ±inf and NaN against counts from special currents (0 · inf is NaN, as in Mul)."""
+    rate = np.array([1.0, 0.0, -0.0, np.inf, -np.inf, np.nan, -0.25, 65504.0]).reshape(-1, 1)
+    m = np.array(SPECIALS + [0.5, -0.5], np.float64)
+    x = np.broadcast_to(m, (2, rate.size, m.size)).astype(dtype)
+    theta, psi = np.full((rate.size, 1), 0.5, dtype), np.zeros((rate.size, 1), dtype)
+    fused = run(spike_count_model(8, x.shape, theta, psi, dtype, rate.astype(dtype)), x, native=True)
+    assert_bitwise_equal(fused, run(spike_count_model(8, x.shape, theta, psi, dtype, rate.astype(dtype), fused=False),
+                                    x, native=False))
+    assert np.isnan(fused).any()
+
+
+def test_rate_per_spike_of_the_wrong_size_is_rejected():
+    theta, psi, rate = np.ones(1, np.float32), np.zeros(1, np.float32), np.ones(3, np.float32)
+    with pytest.raises(Exception, match=r"snn\.SpikeCount: rate_per_spike has 3 elements; expected 1 or X.shape"):
+        run(spike_count_model(4, (8, 5), theta, psi, rate=rate), np.zeros((8, 5), np.float32), native=True)
+
+
 def test_native_kernel_runs():
     """With the library, the node runs as one native kernel; without it, as the function's ops."""
     rng = np.random.default_rng(1)
@@ -201,3 +244,10 @@ def test_cuda_equals_cpu(steps, dtype):
     m = currents(rng, steps, theta, psi, shape, dtype)
     model = spike_count_model(steps, shape, theta, psi, dtype)
     assert_bitwise_equal(run(model, m, native=True, providers=CUDA), run(model, m, native=True))
+
+
+@needs_cuda_ep
+def test_cuda_rejects_rate_per_spike():
+    one = np.ones(1, np.float32)
+    with pytest.raises(Exception, match="rate_per_spike has no CUDA kernel"):
+        run(spike_count_model(4, (2, 3), one, one, rate=one), np.zeros((2, 3), np.float32), native=True, providers=CUDA)

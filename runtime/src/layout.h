@@ -27,6 +27,8 @@ struct Geometry {
 };
 
 /// Per-channel parameters: element c * stride of each array, stride 0 (one value) or 1 ([C]).
+/// theta_post is null for SpikeCount; rate_per_spike is SpikeCount's optional fourth input (null
+/// when absent: the kernel outputs the count itself).
 template <typename P>
 struct Params {
   const P* theta_pre;
@@ -35,6 +37,8 @@ struct Params {
   int64_t theta_pre_stride;
   int64_t theta_post_stride;
   int64_t psi_stride;
+  const P* rate_per_spike = nullptr;
+  int64_t rate_per_spike_stride = 0;
 };
 
 }  // namespace snncc

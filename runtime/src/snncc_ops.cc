@@ -108,11 +108,12 @@ int64_t parameter_stride(const char* op, const Ort::ConstValue& value, const cha
        std::to_string(channels));
 }
 
-/// One validated call of a neuron op: X (or M), theta_pre, [theta_post,] psi. Y has `steps` rows
-/// of neurons (T for ParallelSpike and SerialIF, 1 for SpikeCount, whose T only enters the
-/// arithmetic), X has `input_steps` rows (T, or 1: a current constant over the steps), so Y's
-/// first dimension is X's times steps / input_steps. Without theta_post (SpikeCount),
-/// params.theta_post is null.
+/// One validated call of a neuron op: X (or M), theta_pre, [theta_post,] psi[, rate_per_spike]. Y
+/// has `steps` rows of neurons (T for ParallelSpike and SerialIF, 1 for SpikeCount, whose T only
+/// enters the arithmetic), X has `input_steps` rows (T, or 1: a current constant over the steps),
+/// so Y's first dimension is X's times steps / input_steps. Without theta_post (SpikeCount),
+/// params.theta_post is null, and its optional fourth input, where the node has one, is
+/// params.rate_per_spike.
 struct Call {
   Geometry geometry{};
   Params<void> params{};
@@ -145,6 +146,12 @@ struct Call {
       const Ort::ConstValue theta_post = ctx.GetInput(2);
       params.theta_post = theta_post.GetTensorRawData();
       params.theta_post_stride = parameter_stride(op, theta_post, "theta_post", channels);
+    } else if (ctx.GetInputCount() > 3) {
+      const Ort::ConstValue rate = ctx.GetInput(3);
+      if (static_cast<const OrtValue*>(rate) != nullptr) {
+        params.rate_per_spike = rate.GetTensorRawData();
+        params.rate_per_spike_stride = parameter_stride(op, rate, "rate_per_spike", channels);
+      }
     }
     x = x_value.GetTensorRawData();
     shape[0] = shape[0] / input_steps * steps;
@@ -153,7 +160,7 @@ struct Call {
 
   template <typename Op, typename Config>
   Call(OrtKernelContext* context, const Op& /*op*/, const Config& config, int64_t block)
-      : Call(context, Op::output_steps(config), Op::input_steps(config), block, Op::kInputs == 4, Op::kName) {}
+      : Call(context, Op::output_steps(config), Op::input_steps(config), block, Op::kThetaPost, Op::kName) {}
 };
 
 /// The element type with ONNX type Type, on the CPU.
@@ -178,6 +185,8 @@ struct CpuStorage<ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16> {
 struct ParallelSpike {
   static constexpr const char* kName = "ParallelSpike";
   static constexpr size_t kInputs = 4;
+  static constexpr size_t kRequiredInputs = 4;
+  static constexpr bool kThetaPost = true;
   struct Config {
     int64_t steps;
     bool constant_input;
@@ -218,6 +227,8 @@ struct StepsConfig {
 struct SerialIF : StepsConfig<SerialIF> {
   static constexpr const char* kName = "SerialIF";
   static constexpr size_t kInputs = 4;
+  static constexpr size_t kRequiredInputs = 4;
+  static constexpr bool kThetaPost = true;
   static int64_t output_steps(const Config& config) { return config.steps; }
   static int64_t input_steps(const Config& config) { return config.steps; }
 
@@ -236,10 +247,14 @@ struct SerialIF : StepsConfig<SerialIF> {
 
 /// snn.SpikeCount: the spike count of a folded parallel neuron from its mean current M (inputs M,
 /// theta_pre, psi; M has no time axis, T only enters the arithmetic); float32, float64 and
-/// float16 on the CPU, each bit-identical to the function (spike_count.h).
+/// float16 on the CPU, each bit-identical to the function (spike_count.h). The optional fourth
+/// input rate_per_spike (CPU only, written by snncc's CPU preparation) makes the output the
+/// firing rate K * rate_per_spike, bit-identical to the function followed by that Mul.
 struct SpikeCount : StepsConfig<SpikeCount> {
   static constexpr const char* kName = "SpikeCount";
-  static constexpr size_t kInputs = 3;
+  static constexpr size_t kInputs = 4;
+  static constexpr size_t kRequiredInputs = 3;
+  static constexpr bool kThetaPost = false;
   static int64_t output_steps(const Config& /*config*/) { return 1; }
   static int64_t input_steps(const Config& /*config*/) { return 1; }
 
@@ -302,7 +317,8 @@ struct CpuKernel {
       const Params<void>& p = call.params;
       Work work{static_cast<const S*>(call.x),
                 {static_cast<const S*>(p.theta_pre), static_cast<const S*>(p.theta_post),
-                 static_cast<const S*>(p.psi), p.theta_pre_stride, p.theta_post_stride, p.psi_stride},
+                 static_cast<const S*>(p.psi), p.theta_pre_stride, p.theta_post_stride, p.psi_stride,
+                 static_cast<const S*>(p.rate_per_spike), p.rate_per_spike_stride},
                 static_cast<S*>(call.y),
                 call.geometry,
                 config,
@@ -336,6 +352,9 @@ struct CudaKernel {
     if (channel_block_attribute(info, Op::kName) != 1) {
       fail(Op::kName, "channel_block (ONNX Runtime's CPU layout NCHWc) has no CUDA kernel; it must be 1 on CUDA");
     }
+    if (Ort::ConstKernelInfo(info).GetInputCount() > Op::kRequiredInputs) {
+      fail(Op::kName, "the optional input rate_per_spike has no CUDA kernel");
+    }
   }
 
   OrtStatusPtr ComputeV2(OrtKernelContext* context) {
@@ -361,6 +380,9 @@ struct NeuronOp : Ort::CustomOpBase<NeuronOp<Kernel>, Kernel, /*WithStatus=*/tru
   const char* GetName() const { return Kernel::OpType::kName; }
   const char* GetExecutionProviderType() const { return Kernel::kProvider; }
   size_t GetInputTypeCount() const { return Kernel::OpType::kInputs; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index < Kernel::OpType::kRequiredInputs ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
   ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return Kernel::kType; }
   size_t GetOutputTypeCount() const { return 1; }
   ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return Kernel::kType; }

@@ -1,7 +1,9 @@
 // CPU kernel of snn.SpikeCount: one pass over a range of neurons in chunks of kCpuChunk, the
 // per-channel parameters gathered into cache-resident scratch first, so that the inner loop runs
 // over contiguous neurons without a branch and vectorises (float32, float64; float16 converts
-// element by element).
+// element by element). With the optional input rate_per_spike, each count is multiplied by it as
+// a Mul node would: the count in the element type times the rate, rounded to the element type
+// (float16: the exact float32 product of two binary16 values, rounded once).
 #include "cpu_kernels.h"
 
 #include <algorithm>
@@ -20,6 +22,7 @@ struct Scratch {
   using F = CpuMath<S>;
   alignas(64) F theta_pre[kCpuChunk];
   alignas(64) F psi[kCpuChunk];
+  alignas(64) F rate_per_spike[kCpuChunk];
 };
 
 /// Rounds an F value to storage type S and back: identity for float and double, binary16 for _Float16.
@@ -52,8 +55,17 @@ void spike_count_cpu(const S* m, const Params<S>& params, S* k, const Geometry& 
     S* __restrict out = k + first;
     const F* __restrict theta_pre = s.theta_pre;
     const F* __restrict psi = s.psi;
+    if (params.rate_per_spike == nullptr) {
+      for (int64_t j = 0; j < n; ++j) {
+        out[j] = static_cast<S>(spike_count(static_cast<F>(in[j]), theta_pre[j], psi[j], steps_f, NarrowTo<S>{}));
+      }
+      continue;
+    }
+    gather(params.rate_per_spike, params.rate_per_spike_stride, geometry, first, n, s.rate_per_spike);
+    const F* __restrict rate = s.rate_per_spike;
     for (int64_t j = 0; j < n; ++j) {
-      out[j] = static_cast<S>(spike_count(static_cast<F>(in[j]), theta_pre[j], psi[j], steps_f, NarrowTo<S>{}));
+      const S count = static_cast<S>(spike_count(static_cast<F>(in[j]), theta_pre[j], psi[j], steps_f, NarrowTo<S>{}));
+      out[j] = static_cast<S>(static_cast<F>(count) * rate[j]);
     }
   }
 }
