@@ -23,7 +23,6 @@ from snncc import modelio
 from snncc.calibration.dataset import CalibrationData
 from snncc.cli import main
 from snncc.compiler import CompileOptions, compile_model
-from snncc.errors import SnnccError
 from tests import equivalence, graphs
 
 RNG = np.random.default_rng(0)
