@@ -21,8 +21,9 @@ NCHW between reorders.
 Invariant: the prepared model computes what the compiled model computes on ONNX Runtime's CPU
 provider with the native library, with the same convolution kernels minus pure copies. Where the
 blocked layout lets ONNX Runtime fuse more (a residual Add into the convolution before it),
-currents can differ in float rounding, and a neuron whose drive lies within that rounding of a firing threshold can fire one
-spike more or less: the rounding rule of docs/ops.md. Elsewhere the outputs are bit-identical.
+currents can differ in float rounding, and a neuron whose drive lies within that rounding of a
+firing threshold can fire one spike more or less: the rounding rule of docs/ops.md. Elsewhere the
+outputs are bit-identical.
 It holds ONNX Runtime's internal ops and the CPU's block size, so it runs only there: the same
 onnxruntime version, a CPU of the same kind and the native library, which it cannot run without (it
 carries no function fallbacks, which do not know channel_block).
