@@ -120,7 +120,7 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     """Write a compiled SNN for ONNX Runtime's CPU provider on this machine: its neurons kept in ONNX
     Runtime's NCHWc layout (fewer copies, the same outputs to float rounding). It needs the native library,
     this onnxruntime version and this kind of CPU."""
-    from snncc.cpu_layout import is_prepared, nchwc_block_size, prepare_for_cpu
+    from snncc.cpu_layout import blocked_neurons, is_prepared, nchwc_block_size, prepare_for_cpu
     from snncc.errors import SnnccError
     from snncc.modelio import check_output_path, load_model, save_model
     from snncc.ops import is_neuron
@@ -138,9 +138,8 @@ def prepare_cpu_command(model_path: Path, output: Path | None, force: bool):
     check_output_path(output, model_path, force)
     prepared = prepare_for_cpu(model, library)
     save_model(prepared, output)
-    neurons = [n for n in prepared.graph.node if is_neuron(n)]
-    blocked = sum(any(a.name == "channel_block" for a in n.attribute) for n in neurons)
-    click.echo(f"wrote {output}: {blocked} of {len(neurons)} neuron layers in NCHWc (channel block "
+    layers, blocked = blocked_neurons(prepared)
+    click.echo(f"wrote {output}: {blocked} of {layers} neuron layers in NCHWc (channel block "
                f"{nchwc_block_size()}); run it on this machine's ONNX Runtime CPU provider with {library.name}")
 
 

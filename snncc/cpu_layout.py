@@ -26,7 +26,7 @@ firing threshold can fire one spike more or less: the rounding rule of docs/ops.
 outputs are bit-identical.
 It holds ONNX Runtime's internal ops and the CPU's block size, so it runs only there: the same
 onnxruntime version, a CPU of the same kind and the native library, which it cannot run without (it
-carries no function fallbacks, which do not know channel_block).
+carries no function fallbacks, which know neither channel_block nor rate_per_spike).
 """
 
 from __future__ import annotations
@@ -46,9 +46,6 @@ from snncc.spike_rate_fusion import fuse_spike_rates
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 _HEAD, _TAIL = "Sigmoid", "Tanh"
-# The per-channel parameters (inputs 1, 2, ...) of each neuron op.
-_PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL_IF: ("theta_pre", "theta_post", "psi"),
-               ops.SPIKE_COUNT: ("theta_pre", "psi", "rate_per_spike")}
 # What a padded channel's parameters are: no input current there, so no spikes and a zero output.
 _PADDING = {"theta_pre": 1.0, "theta_post": 0.0, "psi": 0.0, "rate_per_spike": 0.0}
 
@@ -93,21 +90,31 @@ def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
+def blocked_neurons(model: onnx.ModelProto) -> tuple[int, int]:
+    """How many neuron layers `model` has, and how many of them run in NCHWc (channel_block > 1)."""
+    neurons = [n for n in model.graph.node if ops.is_neuron(n)]
+    return len(neurons), sum(_int_attribute(n, "channel_block", 1) > 1 for n in neurons)
+
+
 def is_prepared(model: onnx.ModelProto) -> bool:
     """Whether `model` comes from prepare_for_cpu: it holds ONNX Runtime's NCHWc ops, a blocked
     neuron or a SpikeCount with a fused rate."""
-    return any(node.domain == NCHWC_DOMAIN or (ops.is_neuron(node) and (
-        _int_attribute(node, "channel_block", 1) > 1 or (node.op_type == ops.SPIKE_COUNT and len(node.input) > 3)))
+    return blocked_neurons(model)[1] > 0 or any(
+        node.domain == NCHWC_DOMAIN or (ops.is_neuron(node) and node.op_type == ops.SPIKE_COUNT and
+                                        len(node.input) > 3 and node.input[3])
         for node in model.graph.node)
 
 
-def _tensor_ranks(model: onnx.ModelProto) -> dict[str, int]:
+def _tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
+    """Each tensor's shape as ONNX shape inference finds it (None for a dimension it leaves open)."""
     inferred = onnx.shape_inference.infer_shapes(model)
     infos = list(inferred.graph.value_info) + list(inferred.graph.input) + list(inferred.graph.output)
-    return {v.name: len(v.type.tensor_type.shape.dim) for v in infos if v.type.tensor_type.HasField("shape")}
+    return {v.name: tuple(d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim)
+            for v in infos if v.type.tensor_type.HasField("shape")}
 
 
-def _with_placeholders(model: onnx.ModelProto, ranks: dict[str, int]) -> tuple[onnx.ModelProto, dict[str, onnx.NodeProto]]:
+def _with_placeholders(model: onnx.ModelProto, shapes: dict[str, tuple[int | None, ...]]
+                       ) -> tuple[onnx.ModelProto, dict[str, onnx.NodeProto]]:
     """`model` with every neuron on a 4-D tensor (same shape in and out) replaced by Sigmoid -> Tanh,
     and the replaced neurons by the name of their Tanh (ONNX Runtime may rename its output).
 
@@ -123,7 +130,7 @@ def _with_placeholders(model: onnx.ModelProto, ranks: dict[str, int]) -> tuple[o
     neurons: dict[str, onnx.NodeProto] = {}
     nodes = []
     for node in model.graph.node:
-        if (ops.is_neuron(node) and not _int_attribute(node, "constant_input") and ranks.get(node.input[0]) == 4
+        if (ops.is_neuron(node) and not _int_attribute(node, "constant_input") and len(shapes.get(node.input[0], ())) == 4
                 and readers[node.input[0]] == 1 and set(node.input[1:]) <= initializers):
             head, tail = f"{node.output[0]}/nchwc_head", f"{node.output[0]}/nchwc_neuron"
             neurons[tail] = node
@@ -179,7 +186,7 @@ class _Parameters:
 
     def block_neuron(self, neuron: onnx.NodeProto) -> None:
         """Sets channel_block on `neuron`, its per-channel parameters padded to whole blocks."""
-        for index, (key, name) in enumerate(zip(_PARAMETERS[neuron.op_type], neuron.input[1:]), start=1):
+        for index, (key, name) in enumerate(zip(ops.PARAMETER_INPUTS[neuron.op_type], neuron.input[1:]), start=1):
             values = numpy_helper.to_array(self.source[name])
             if values.size == 1 or values.size % self.block == 0:
                 continue
@@ -297,13 +304,14 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
     """`model` as ONNX Runtime's CPU provider runs it, its neurons kept in the NCHWc layout (module
-    docstring); `model` itself where this CPU has no NCHWc layout or no neuron can use it."""
+    docstring); `model` itself where this CPU has no NCHWc layout, no neuron can use it, or `model`
+    is prepared already."""
     block = nchwc_block_size()
-    if block == 1 or not any(ops.is_neuron(n) for n in model.graph.node):
+    if block == 1 or not any(ops.is_neuron(n) for n in model.graph.node) or is_prepared(model):
         return model
-    ranks = _tensor_ranks(model)
-    fused = fuse_spike_rates(model, ranks)
-    shown, neurons = _with_placeholders(fused, ranks)
+    shapes = _tensor_shapes(model)
+    fused = fuse_spike_rates(model, shapes)
+    shown, neurons = _with_placeholders(fused, shapes)
     prepared = _optimise(shown, library)
     parameters = _Parameters(fused, prepared.graph, block)
     _restore_neurons(prepared.graph, neurons, parameters)

@@ -21,6 +21,15 @@ def describe(model: onnx.ModelProto, source: str) -> str:
 
 
 def _describe_snn(model: onnx.ModelProto, source: str) -> str:
+    from snncc.cpu_layout import blocked_neurons, is_prepared
+
+    if is_prepared(model):
+        layers, blocked = blocked_neurons(model)
+        return "\n".join([
+            f"{source}: SNN prepared for ONNX Runtime's CPU provider (snncc prepare-cpu)",
+            f"  {layers} neuron layers, {blocked} of them in NCHWc (parameters padded to whole channel blocks, "
+            "folded rates fused into SpikeCount); inspect the compiled model for their parameters",
+            f"  {runtime_description(model)}"])
     meta = {p.key: p.value for p in model.metadata_props}
     layers = summarize_layers(model)
     neurons = sum(layer.channels for layer in layers)

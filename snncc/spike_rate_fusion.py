@@ -8,9 +8,11 @@ reorders. The native SpikeCount kernel multiplies its count by an optional fourt
 as that Mul does (docs/ops.md), so the fused node computes the same values in one pass.
 
 Invariant: the fused model's outputs equal the input model's bit for bit on the native library.
-A Mul is fused only where it is the count's sole reader, the count is no graph output (so a
-requested spike train still reads counts), and its other operand is an initializer that varies
-along the channel axis alone.
+A Mul is fused only where ONNX Runtime could keep its count in NCHWc (a 4-D count of known
+channel count C), the Mul is the count's sole reader and feeds no MatMul (which ONNX Runtime would
+fuse a scalar Mul into, rounding otherwise), the count is no graph output (so a requested spike
+train still reads counts), and its other operand is an initializer of one value or of shape
+[C, 1, 1], the compiler's per-channel parameter shape.
 """
 
 from __future__ import annotations
@@ -22,17 +24,18 @@ import onnx
 from snncc import ops
 
 
-def _per_channel(shape: tuple[int, ...], rank: int) -> bool:
-    """Whether a Mul operand of `shape`, broadcast against a tensor of rank `rank` ([B, C, ...]),
-    leaves that tensor's shape as it is and varies along axis 1 only."""
-    if rank < 1 or len(shape) > rank:
+def _is_rate(rate: onnx.TensorProto, count_shape: tuple[int | None, ...]) -> bool:
+    """Whether a Mul by `rate` scales each channel of a count of `count_shape` and keeps its shape."""
+    dims = tuple(rate.dims)
+    if len(count_shape) != 4 or count_shape[1] is None:
         return False
-    return all(size == 1 for axis, size in enumerate(shape, start=rank - len(shape)) if axis != 1)
+    return (len(dims) <= 1 and all(d == 1 for d in dims)) or dims == (count_shape[1], 1, 1)
 
 
-def fuse_spike_rates(model: onnx.ModelProto, ranks: Mapping[str, int]) -> onnx.ModelProto:
+def fuse_spike_rates(model: onnx.ModelProto, shapes: Mapping[str, tuple[int | None, ...]]) -> onnx.ModelProto:
     """`model` with each fusable rate Mul (module docstring) folded into the SpikeCount before it,
-    as a copy; `model` itself where there is none. `ranks`: the rank of each tensor by name."""
+    as a copy; `model` itself where there is none. `shapes`: each tensor's shape by name (None for
+    an unknown dimension)."""
     graph = model.graph
     initializers = {i.name: i for i in graph.initializer}
     outputs = {o.name for o in graph.output}
@@ -50,7 +53,8 @@ def fuse_spike_rates(model: onnx.ModelProto, ranks: Mapping[str, int]) -> onnx.M
         mul = graph.node[readers[count][0]]
         rate = [name for name in mul.input if name != count]
         if (mul.domain == "" and mul.op_type == "Mul" and len(rate) == 1 and rate[0] in initializers
-                and count in ranks and _per_channel(tuple(initializers[rate[0]].dims), ranks[count])):
+                and _is_rate(initializers[rate[0]], shapes.get(count, ()))
+                and not any(graph.node[r].op_type == "MatMul" for r in readers.get(mul.output[0], []))):
             fusions[index] = readers[count][0]
     if not fusions:
         return model

@@ -147,6 +147,10 @@ def test_prepare_cpu_writes_a_model_with_the_same_outputs(qcfs_file, tmp_path):
     assert_user_error(snncc("prepare-cpu", qcfs_file, "-o", tmp_path / "ann.cpu.onnx"), "no snn neuron ops")
     cpu_path = tmp_path / "vgg.snn.cpu.onnx"
     assert_user_error(snncc("prepare-cpu", cpu_path, "-o", tmp_path / "again.onnx"), "vgg.snn.cpu.onnx", "already prepared")
+    inspected = snncc("inspect", cpu_path)
+    assert inspected.returncode == 0, inspected.stderr
+    assert "prepared for ONNX Runtime's CPU provider (snncc prepare-cpu)" in inspected.stdout
+    assert f"{layers} neuron layers, {blocked} of them in NCHWc" in inspected.stdout
     # Spike statistics read neuron outputs as NCHW spike trains or counts: not what a prepared model holds.
     np.save(tmp_path / "x.npy", x)
     assert_user_error(snncc("eval", cpu_path, "--data", tmp_path / "x.npy"), "vgg.snn.cpu.onnx", "snncc prepare-cpu",

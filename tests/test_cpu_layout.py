@@ -31,8 +31,6 @@ if cpu_layout.nchwc_block_size() == 1:
 
 BLOCK = cpu_layout.nchwc_block_size()
 CPU = ["CPUExecutionProvider"]
-PARAMETERS = {ops.PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), ops.SERIAL_IF: ("theta_pre", "theta_post", "psi"),
-              ops.SPIKE_COUNT: ("theta_pre", "psi")}
 
 
 def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, np.ndarray], block: int,
@@ -41,7 +39,9 @@ def neuron_model(op: str, steps: int, shape: tuple[int, ...], params: dict[str, 
     attributes = {"T": steps} | ({"channel_block": block} if block > 1 else {})
     if variant == "constant_input":
         attributes["constant_input"] = 1
-    inputs = PARAMETERS[op] + (("rate_per_spike",) if variant == "rate_per_spike" else ())
+    inputs = ops.PARAMETER_INPUTS[op]
+    if op == ops.SPIKE_COUNT and variant != "rate_per_spike":
+        inputs = inputs[:2]  # without the optional rate_per_spike
     node = oh.make_node(op, ["X", *inputs], ["Y"], domain=DOMAIN, **attributes)
     y_shape = [shape[0] * steps, *shape[1:]] if variant == "constant_input" else list(shape)
     graph = oh.make_graph([node], "neuron", [oh.make_tensor_value_info("X", onnx.TensorProto.FLOAT, list(shape))],
@@ -130,10 +130,12 @@ def test_prepared_model_keeps_neurons_blocked_and_computes_the_same(variant):
     assert any(name.endswith(f".nchwc{BLOCK}") for name in neurons[0].input)
     reorders = [n for n in prepared.graph.node if n.op_type.startswith("Reorder")]
     assert len(reorders) == 1  # to NCHW for the head
-    # A folded model's rate Muls (by a per-channel vector, and by a scalar in the third layer) are
-    # fused into the SpikeCounts before them: no Mul and no depthwise convolution remains.
-    assert all(len(n.input) == 4 for n in neurons)
-    assert not any(n.op_type == "Mul" for n in prepared.graph.node)
+    if variant == "folded":
+        # The rate Muls of the 4-D neurons (by a per-channel vector, and by a scalar in the third
+        # layer) are fused into their SpikeCounts: no depthwise convolution for them. The 2-D
+        # neuron's Mul, outside NCHWc, stays.
+        assert [len(n.input) for n in neurons] == [4] * (len(neurons) - 1) + [3]
+        assert sum(n.op_type == "Mul" for n in prepared.graph.node) == 1
     assert sum(n.op_type == "Conv" for n in prepared.graph.node) == sum(n.op_type == "Conv" for n in snn.graph.node)
     assert not prepared.functions
     x = random_cnn.inputs(SPEC, 64, seed=1)

@@ -352,7 +352,8 @@ struct CudaKernel {
     if (channel_block_attribute(info, Op::kName) != 1) {
       fail(Op::kName, "channel_block (ONNX Runtime's CPU layout NCHWc) has no CUDA kernel; it must be 1 on CUDA");
     }
-    if (Ort::ConstKernelInfo(info).GetInputCount() > Op::kRequiredInputs) {
+    const Ort::ConstKernelInfo kernel_info(info);
+    if (kernel_info.GetInputCount() > Op::kRequiredInputs && !kernel_info.GetInputName(Op::kRequiredInputs).empty()) {
       fail(Op::kName, "the optional input rate_per_spike has no CUDA kernel");
     }
   }

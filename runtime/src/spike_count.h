@@ -20,15 +20,12 @@
 
 namespace snncc {
 
-/// floor(x), exact, in a form that vectorises on any x86-64. With SSE4.1 (the AVX variant), one
-/// rounding instruction. Without it (SSE2 has none), |x| is rounded to an integer by adding and
-/// subtracting 2^(p-1), the sign put back, then 1 subtracted where that rounded up; -0, NaN, ±inf
-/// and values of magnitude >= 2^(p-1) (already integers) are returned unchanged.
+/// floor(x) without a library call, so that a loop over neurons vectorises on any x86-64 (SSE2
+/// has no rounding instruction): |x| rounded to an integer by adding and subtracting 2^(p-1),
+/// the sign put back, then 1 subtracted where that rounded up. Exact; -0, NaN, ±inf and values
+/// of magnitude >= 2^(p-1) (already integers) are returned unchanged.
 template <typename F>
 SNNCC_HOST_DEVICE F floor_exact(F x) {
-#if defined(__SSE4_1__) && !defined(__CUDA_ARCH__)
-  return std::floor(x);
-#else
   const F big = sizeof(F) == 4 ? F(8388608.0) : F(4503599627370496.0);  // 2^23, 2^52
   using std::copysign;
   using std::fabs;
@@ -37,20 +34,20 @@ SNNCC_HOST_DEVICE F floor_exact(F x) {
   const F signed_rounded = copysign(rounded, x);
   const F floored = signed_rounded > x ? signed_rounded - F(1) : signed_rounded;
   return magnitude < big ? floored : x;
-#endif
 }
 
 /// The spike count of one neuron from its mean current m. F: the arithmetic type (float for
-/// float and float16 storage, double for double); narrow(v) rounds the floored level to the
-/// element type (identity for float and double); steps_f is T as the element type.
-template <typename F, typename Narrow>
-SNNCC_HOST_DEVICE F spike_count(F m, F theta_pre, F psi, F steps_f, Narrow narrow) {
+/// float and float16 storage, double for double); floor_to(v) is floor(v), exact (floor_exact or
+/// an instruction), rounded to the element type (identity for float and double); steps_f is T as
+/// the element type.
+template <typename F, typename FloorTo>
+SNNCC_HOST_DEVICE F spike_count(F m, F theta_pre, F psi, F steps_f, FloorTo floor_to) {
   const F shifted = m + psi;
   const F drive = steps_f * shifted;
   const F half_theta = theta_pre * F(0.5);
   const F numerator = drive + half_theta;
   const F level = numerator / theta_pre;
-  const F floored = narrow(floor_exact(level));
+  const F floored = floor_to(level);
   const F above_zero = floored < F(0) ? F(0) : floored;  // max(level, 0): NaN and -0 pass
   return steps_f < above_zero ? steps_f : above_zero;   // min(·, T): NaN passes
 }

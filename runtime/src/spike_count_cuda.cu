@@ -18,6 +18,12 @@ struct NarrowTo<__half> {
   __host__ __device__ __forceinline__ float operator()(float v) const { return __half2float(__float2half_rn(v)); }
 };
 
+/// floor(v) rounded to storage type S and back (spike_count's floor_to).
+template <typename S>
+struct FloorTo {
+  __host__ __device__ __forceinline__ float operator()(float v) const { return NarrowTo<S>{}(floor_exact(v)); }
+};
+
 __device__ __forceinline__ float narrow(float v, float /*tag*/) { return v; }
 __device__ __forceinline__ __half narrow(float v, __half /*tag*/) { return __float2half_rn(v); }
 
@@ -30,7 +36,7 @@ __global__ void spike_count_kernel(const S* __restrict__ m, Params<S> params, S*
     const I channel = (i / inner) % channels;
     const float theta_pre = widen(params.theta_pre[channel * params.theta_pre_stride]);
     const float psi = widen(params.psi[channel * params.psi_stride]);
-    k[i] = narrow(spike_count(widen(m[i]), theta_pre, psi, steps_f, NarrowTo<S>{}), S{});
+    k[i] = narrow(spike_count(widen(m[i]), theta_pre, psi, steps_f, FloorTo<S>{}), S{});
   }
 }
 

@@ -16,6 +16,10 @@ VERSION = 1
 TARGET_OPSET = 21
 # The ops that are a layer of spiking neurons (SpikeTrain only rebuilds a train from counts).
 NEURON_OPS = (PARALLEL_SPIKE, SPIKE_COUNT, SERIAL_IF)
+# Each neuron op's per-channel parameters, inputs 1, 2, ... (SpikeCount's rate_per_spike: optional,
+# native CPU kernel only; docs/ops.md).
+PARAMETER_INPUTS = {PARALLEL_SPIKE: ("theta_pre", "theta_post", "psi"), SERIAL_IF: ("theta_pre", "theta_post", "psi"),
+                    SPIKE_COUNT: ("theta_pre", "psi", "rate_per_spike")}
 
 
 def is_neuron(node) -> bool:
@@ -33,4 +37,4 @@ def function_library() -> list[onnx.FunctionProto]:
     ]
 
 
-__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "NEURON_OPS", "is_neuron", "PARALLEL_SPIKE", "SPIKE_COUNT", "SPIKE_TRAIN", "SERIAL_IF", "function_library"]
+__all__ = ["DOMAIN", "VERSION", "TARGET_OPSET", "NEURON_OPS", "PARAMETER_INPUTS", "is_neuron", "PARALLEL_SPIKE", "SPIKE_COUNT", "SPIKE_TRAIN", "SERIAL_IF", "function_library"]
