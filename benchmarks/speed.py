@@ -21,7 +21,9 @@ Three parts, each written to the JSON and to docs/performance.md (`--write-docs`
    Each entry is the best of several timed runs after a warm-up (up to 50 while their total stays
    under ~1 s; at least one). The variants that the target ratios compare (ANN, parallel native,
    folded, serial-IF native) take turns run by run, so that a change in the machine's load hits
-   all of them alike, and each is timed at least three times; the ANN is timed again in every row.
+   all of them alike, and are timed equally often: at least five times each, and as long as the
+   slowest of them stays under ~1 s in all (a best of fifty cheap ANN runs against a best of three
+   expensive SNN runs would favour the ANN); the ANN is timed again in every row.
    (Taking turns, each run follows another model's run: small models are timed with colder
    caches than in a block of repeats of their own.)
 2. **Accuracy-matched speed** on the Fashion-MNIST ReLU model (1000 test images): the smallest T
@@ -159,19 +161,18 @@ def timed(run) -> float:
 
 def best_of_turns(runs: dict[str, Callable[[], object]], budget: float = 1.0, least: int = 1, most: int = 50) -> dict[str, float]:
     """Best time of each run, the runs taking turns: a warm-up each, then rounds in which every run
-    still timing goes once, so that all see the machine in the same state. A run is timed at least
-    `least` times, then until it has `most` timings or its timings add up to `budget` seconds."""
+    goes once, so that all see the machine in the same state, and all are timed equally often (a
+    best of many timings would favour a cheap run over an expensive one timed a few times). At
+    least `least` rounds, then rounds until there are `most` or the slowest run's timings add up to
+    `budget` seconds."""
     for run in runs.values():
         timed(run)
     times: dict[str, list[float]] = {name: [] for name in runs}
-
-    def wants_more(name: str) -> bool:
-        t = times[name]
-        return len(t) < least or (len(t) < most and sum(t) < budget)
-
-    while active := [name for name in runs if wants_more(name)]:
-        for name in active:
-            times[name].append(timed(runs[name]))
+    rounds = 0
+    while rounds < least or (rounds < most and max(sum(t) for t in times.values()) < budget):
+        for name, run in runs.items():
+            times[name].append(timed(run))
+        rounds += 1
     return {name: min(t) for name, t in times.items()}
 
 
@@ -255,14 +256,14 @@ def latency(subjects_: list[Subject], batches: list[int], steps_list: list[int],
             for steps in steps_list:
                 expanded = compiled(subject, steps, "parallel")
                 serial = compiled(subject, steps, "serial-IF")
-                # The ratios' terms take turns (best_of_turns), the ANN in every row; at least three
+                # The ratios' terms take turns (best_of_turns), the ANN in every row; at least five
                 # timings each, as a single one of a multi-second run can be 20% off on this machine.
                 turns = {"ann": ann,
                          "folded": ort_runner(compiled(subject, steps, "folded"), x, threads, native=have_native)}
                 if have_native:
                     turns["parallel native"] = ort_runner(expanded, x, threads, native=True)
                     turns["serial-IF native"] = ort_runner(serial, x, threads, native=True)
-                measured = best_of_turns(turns, least=3)
+                measured = best_of_turns(turns, least=5)
                 del turns
                 measured["parallel fn"] = best_of_turns({"run": ort_runner(expanded, x, threads, native=False)})["run"]
                 measured["serial-IF fn"] = best_of_turns({"run": ort_runner(serial, x, threads, native=False)})["run"]
@@ -332,7 +333,7 @@ def accuracy_matched(threads: int, images: int, calibration_samples: int) -> dic
     t_serial = serial_t or 1024
     t_parallel = parallel_t or max(parallel)
     one = x[:1]
-    timing = best_of_turns(least=3, runs={
+    timing = best_of_turns(least=5, runs={
         "ann": ort_runner(ann, one, threads, native=False),
         "serial-IF native": ort_runner(compile_at(t_serial, "if", False), one, threads, native=True),
         "parallel native": ort_runner(compile_at(t_parallel, "parallel", True), one, threads, native=True),
