@@ -90,19 +90,22 @@ def _int_attribute(node: onnx.NodeProto, name: str, default: int = 0) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
+def _is_blocked(node: onnx.NodeProto) -> bool:
+    """Whether `node` is a neuron that runs in NCHWc (channel_block > 1)."""
+    return ops.is_neuron(node) and _int_attribute(node, "channel_block", 1) > 1
+
+
 def blocked_neurons(model: onnx.ModelProto) -> tuple[int, int]:
-    """How many neuron layers `model` has, and how many of them run in NCHWc (channel_block > 1)."""
-    neurons = [n for n in model.graph.node if ops.is_neuron(n)]
-    return len(neurons), sum(_int_attribute(n, "channel_block", 1) > 1 for n in neurons)
+    """How many neuron layers `model` has, and how many of them run in NCHWc."""
+    return sum(map(ops.is_neuron, model.graph.node)), sum(map(_is_blocked, model.graph.node))
 
 
 def is_prepared(model: onnx.ModelProto) -> bool:
     """Whether `model` comes from prepare_for_cpu: it holds ONNX Runtime's NCHWc ops, a blocked
     neuron or a SpikeCount with a fused rate."""
-    return blocked_neurons(model)[1] > 0 or any(
-        node.domain == NCHWC_DOMAIN or (ops.is_neuron(node) and node.op_type == ops.SPIKE_COUNT and
-                                        len(node.input) > 3 and node.input[3])
-        for node in model.graph.node)
+    return any(node.domain == NCHWC_DOMAIN or _is_blocked(node)
+               or (ops.is_neuron(node) and node.op_type == ops.SPIKE_COUNT and len(node.input) > 3 and node.input[3])
+               for node in model.graph.node)
 
 
 def _tensor_shapes(model: onnx.ModelProto) -> dict[str, tuple[int | None, ...]]:
@@ -263,7 +266,7 @@ def _absorb_reorders(graph: onnx.GraphProto, parameters: _Parameters) -> None:
     renamed: dict[str, str] = {}
     stale: set[str] = set()  # tensors whose recorded shapes have the logical channel count
     for neuron in graph.node:
-        if (not ops.is_neuron(neuron) or _int_attribute(neuron, "channel_block", 1) > 1
+        if (not ops.is_neuron(neuron) or _is_blocked(neuron)
                 or not set(neuron.input[1:]) <= parameters.source.keys()):
             continue
         head = neuron
@@ -316,7 +319,7 @@ def prepare_for_cpu(model: onnx.ModelProto, library: Path) -> onnx.ModelProto:
     parameters = _Parameters(fused, prepared.graph, block)
     _restore_neurons(prepared.graph, neurons, parameters)
     _absorb_reorders(prepared.graph, parameters)
-    if not any(_int_attribute(n, "channel_block", 1) > 1 for n in prepared.graph.node):
+    if not blocked_neurons(prepared)[1]:
         return model
     _drop_unused_initializers(prepared.graph)
     del prepared.functions[:]
