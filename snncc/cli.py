@@ -5,23 +5,65 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import click
 
-from snncc.errors import SnnccError
+from snncc.errors import SnnccError, SnnccWarning
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, SnnccWarning):
+        click.echo(f"snncc: warning: {message}", err=True)
+    else:
+        click.echo(warnings.formatwarning(message, category, filename, lineno, line), err=True, nl=False)
 
 
 def _user_errors(command):
-    """Print user errors as one line and exit 2; internal errors keep their traceback (exit 1)."""
+    """Print user errors as one line and exit 2; internal errors keep their traceback (exit 1).
+    SnnccWarnings print as one line `snncc: warning: ...` each."""
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except SnnccError as error:
-            click.echo(f"snncc: error: {error}", err=True)
-            sys.exit(2)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SnnccWarning)
+            warnings.showwarning = _show_warning
+            try:
+                return command(*args, **kwargs)
+            except SnnccError as error:
+                click.echo(f"snncc: error: {error}", err=True)
+                sys.exit(2)
     return wrapper
+
+
+def _refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """SnnccError unless every output path can be written: folder exists, no file in the way (or --force)."""
+    for path in paths:
+        if not path.parent.is_dir():
+            raise SnnccError(f"{path}: the output folder {path.parent} does not exist")
+        if path.is_dir():
+            raise SnnccError(f"{path}: is a folder, not a file")
+        if path.exists() and not force:
+            raise SnnccError(f"{path}: already exists (use --force to overwrite)")
+
+
+def _load_calibration(model, model_path: Path, calib_spec: str | None, calib_samples: int | None,
+                      preprocess: str | None):
+    """--calib data, validated against the model and checked on the ANN (one summary line); or None."""
+    from snncc.calibration.dataset import load_calibration_data
+    from snncc.calibration.sanity import check_calibration
+    from snncc.modelio import model_input_shape
+
+    if calib_spec is None:
+        if preprocess or calib_samples is not None:
+            flag = "--preprocess" if preprocess else "--calib-samples"
+            raise SnnccError(f"{flag} applies to calibration data, and no --calib was given")
+        return None
+    data = load_calibration_data(calib_spec, model_input_shape(model, str(model_path)), calib_samples, preprocess)
+    check = check_calibration(model, data)
+    if check is not None:
+        click.echo(check.summary)
+    return data
 
 
 class _OneLineUsageErrors(click.Group):
@@ -49,17 +91,21 @@ def main():
     """Compile ANN ONNX models into parallel-spiking SNN ONNX models."""
 
 
-def _format_range(low: float, high: float) -> str:
-    return f"{low:.4g}" if low == high else f"{low:.4g}..{high:.4g}"
+def layer_table(layers) -> str:
+    """The compile summary: one row per neuron layer, columns as wide as their widest cell."""
+    from snncc.report import format_range
 
-
-def _print_layers(layers) -> None:
-    click.echo(f"{'neuron layer':<28} {'case':<16} {'C':>5} {'theta_pre':>14} {'theta_post':>14} {'psi':>14}  source")
-    for layer in layers:
-        channels = "1" if layer.channels == 1 else str(layer.channels)
-        source = layer.source if len(layer.source) <= 48 else layer.source[:45] + "..."
-        click.echo(f"{layer.name[:28]:<28} {layer.case:<16} {channels:>5} {_format_range(*layer.theta_pre):>14} "
-                   f"{_format_range(*layer.theta_post):>14} {_format_range(*layer.psi):>14}  {source}")
+    header = ["neuron layer", "case", "C", "theta_pre", "theta_post", "psi", "source"]
+    rows = [[layer.name, layer.case, str(layer.channels), format_range(*layer.theta_pre),
+             format_range(*layer.theta_post), format_range(*layer.psi),
+             layer.source if len(layer.source) <= 48 else layer.source[:45] + "..."] for layer in layers]
+    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
+    right = {2, 3, 4, 5}
+    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+             for row in [header] + rows]
+    lines.append("(C: channels with their own theta and psi, 1 = one value for the layer; "
+                 "a..b: the range over the channels)")
+    return "\n".join(lines)
 
 
 @main.command("compile")
@@ -87,11 +133,10 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
                     momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
                     force: bool, print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
-    from snncc.calibration.dataset import load_calibration_data
     from snncc.calibration.pipeline import CalibrationOptions
     from snncc.calibration.thresholds import ThresholdMode
     from snncc.compiler import CompileOptions, compile_model
-    from snncc.modelio import check_output_path, default_output, load_model, model_input_shape, save_model
+    from snncc.modelio import check_output_path, default_output, load_model, save_model
 
     output = output or default_output(model_path)
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)
@@ -99,11 +144,11 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
                              neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes)
     model = load_model(model_path)
     check_output_path(output, model_path, force)
-    if calib_spec is not None:
-        data = load_calibration_data(calib_spec, model_input_shape(model, str(model_path)), calib_samples, preprocess)
+    data = _load_calibration(model, model_path, calib_spec, calib_samples, preprocess)
+    if data is not None:
         options = dataclasses.replace(options, calibration_data=data)
     result = compile_model(model, options)
-    _print_layers(result.layers)
+    click.echo(layer_table(result.layers))
     save_model(result.model, output)
     click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
     if print_runtime:
@@ -161,9 +206,10 @@ def inspect_command(model_path: Path):
 @click.option("--ann", "ann_path", type=click.Path(path_type=Path), help="The ANN to compare with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
+@click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
 @_user_errors
 def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_path: Path | None,
-                 json_path: Path | None, batch_size: int):
+                 json_path: Path | None, batch_size: int, force: bool):
     """Accuracy, agreement with the ANN, firing rates, SOPs and energy of a compiled SNN."""
     from snncc.data import load_spec
     from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels
@@ -173,10 +219,7 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
     snn = load_model(model_path)
     x, y = load_spec(data_spec)
     y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
-    if json_path is not None and not json_path.parent.is_dir():
-        raise SnnccError(f"{json_path}: the output folder {json_path.parent} does not exist")
-    if json_path is not None and json_path.is_dir():
-        raise SnnccError(f"{json_path}: is a folder, not a file")
+    _refuse_overwrite([json_path] if json_path is not None else [], force)
     evaluation = SnnEvaluation(snn, str(model_path), x, data_spec)
     ann = load_model(ann_path) if ann_path is not None else None
     reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
@@ -198,40 +241,47 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
 @click.option("--variants", "variants_text", help="Comma-separated subset of: qcfs, qcfs+cal, qcfs-if, relu-thr, relu+cal, relu-if (default: all that apply).")
 @click.option("-o", "--output", "prefix", type=click.Path(path_type=Path),
               help="Output prefix: writes PREFIX.csv, PREFIX.json, PREFIX.png (default ./<model>.sweep).")
-@click.option("--fold-time", is_flag=True, help="Evaluate folded graphs (same outputs, synaptic layers run once).")
+@click.option("--fold-time/--expand-time", default=True, show_default=True,
+              help="Evaluate the parallel SNNs folded (synaptic layers run once) or time-expanded; the outputs are the same.")
+@click.option("--serial-if", is_flag=True,
+              help="Also run the serial-IF baseline (always time-expanded: T times the ANN's cost per input).")
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write PREFIX.png (needs matplotlib: snncc[plot]).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
+@click.option("--force", is_flag=True, help="Overwrite existing PREFIX.csv / .json / .png files.")
 @_user_errors
 def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec: str | None, calib_spec: str | None,
                   calib_samples: int | None, preprocess: str | None, variants_text: str | None, prefix: Path | None,
-                  fold_time: bool, plot: bool, batch_size: int):
+                  fold_time: bool, serial_if: bool, plot: bool, batch_size: int, force: bool):
     """Compile ANN.onnx at several T (with and without calibration) and evaluate each SNN."""
-    from snncc.calibration.dataset import load_calibration_data
     from snncc.data import load_spec
     from snncc.evaluate import check_labels, load_labels
-    from snncc.modelio import load_model, model_input_shape
-    from snncc.sweep import have_matplotlib, model_info, parse_steps, run_sweep, select_variants, write_outputs
+    from snncc.modelio import load_model
+    from snncc.sweep import (have_matplotlib, model_info, output_paths, parse_steps, planned_runs, run_sweep,
+                             select_variants, write_outputs)
 
     steps = parse_steps(steps_text)
     model = load_model(model_path)
     prefix = prefix or Path(f"{model_path.name.removesuffix('.onnx')}.sweep")
-    if not prefix.parent.is_dir():
-        raise SnnccError(f"{prefix}: the output folder {prefix.parent} does not exist")
-    variants = [v.strip() for v in variants_text.split(",") if v.strip()] if variants_text else None
-    select_variants(model_info(model, str(model_path)), variants, calib_spec is not None)  # fail before any work
-    x, y = load_spec(data_spec)
-    y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
-    calibration = None
-    if calib_spec is not None:
-        calibration = load_calibration_data(calib_spec, model_input_shape(model, str(model_path)), calib_samples, preprocess)
     if plot and not have_matplotlib():
         click.echo("note: matplotlib is not installed (pip install 'snncc[plot]'): no plot", err=True)
         plot = False
+    _refuse_overwrite(output_paths(prefix, plot), force)
+    variants = [v.strip() for v in variants_text.split(",") if v.strip()] if variants_text else None
+    info = model_info(model, str(model_path))
+    chosen = select_variants(info, variants, calib_spec is not None, serial_if)  # fail before any work
+    x, y = load_spec(data_spec)
+    y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
+    calibration = _load_calibration(model, model_path, calib_spec, calib_samples, preprocess)
+    runs = planned_runs(info, chosen, steps, calibration is not None)
+    click.echo(f"sweep: {len(runs)} runs (T x variant) on {len(x)} inputs, parallel SNNs "
+               f"{'folded' if fold_time else 'time-expanded'}"
+               + ("" if any(v.baseline for v in chosen) else "; serial-IF baseline not run (add it with --serial-if)"),
+               err=True)
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # calibration sessions warn about every unused initializer
     result = run_sweep(model, str(model_path), steps, x, y, data_spec, calibration, variants, batch_size, fold_time,
-                       echo=lambda line: click.echo(line, err=True))
+                       echo=lambda line: click.echo(line, err=True), serial_if=serial_if)
     click.echo(result.format_table())
     for path in write_outputs(result, prefix, plot):
         click.echo(f"wrote {path}")

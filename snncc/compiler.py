@@ -17,7 +17,8 @@ import onnx_ir as ir
 
 import snncc
 from snncc import ops
-from snncc.calibration.dataset import CalibrationData
+from snncc.batch_dim_names import name_batch_dims
+from snncc.calibration.dataset import CalibrationData, calibration_from_array
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.errors import SnnccError
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
@@ -57,9 +58,11 @@ class CompileOptions:
         if self.neuron not in ("parallel", "if"):
             raise SnnccError(f"unknown neuron '{self.neuron}'; expected 'parallel' or 'if'")
         if self.neuron == "if" and self.fold_time:
-            raise SnnccError("--fold-time needs parallel neurons: serial IF neurons depend on the order of their inputs")
+            raise SnnccError("folding time needs parallel neurons: serial IF neurons depend on the order of their inputs")
         if self.levels is not None and not 1 <= self.levels <= MAX_STEPS:
-            raise SnnccError(f"--levels must be an integer in 1..{MAX_STEPS}, got {self.levels}")
+            raise SnnccError(f"the QCFS levels T̃ must be an integer in 1..{MAX_STEPS}, got {self.levels}")
+        if isinstance(self.calibration_data, np.ndarray):  # a bare array: validated like a file's
+            object.__setattr__(self, "calibration_data", calibration_from_array(self.calibration_data))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +117,9 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
     activations = [n for n in model.graph if is_activation(n)]
     if not activations:
         raise SnnccError(f"{source}: no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons")
+    if options.levels is not None and not any(read_activation(n).kind == QCFS for n in activations):
+        raise SnnccError(f"{source}: QCFS levels T̃ = {options.levels} given, but the model has no QCFS activation "
+                         "(its ReLU/Clip thresholds come from calibration data)")
     if options.calibration_data is not None:
         return
     uncalibrated = [n for n in activations if read_activation(n).kind in (RELU, CLIP)]
@@ -122,10 +128,11 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
         more = f" and {len(uncalibrated) - 5} more" if len(uncalibrated) > 5 else ""
         raise SnnccError(
             f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need thresholds recorded on "
-            "calibration data: pass --calib DATA (a .npy/.npz file, an image folder, or e.g. fashion-mnist:train)"
+            "calibration data, and none was given (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)"
         )
     if options.calibration.da_qcfs:
-        raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data: pass --calib DATA")
+        raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data (a .npy/.npz file, an image folder, "
+                         "an array, or e.g. fashion-mnist:train)")
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
@@ -173,6 +180,7 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
     proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
+    name_batch_dims(proto, options.steps)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

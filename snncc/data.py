@@ -5,6 +5,10 @@ in ``[0, 1]`` (no normalisation; models do their own) and ``y`` as int64 ``[N]``
 0..9, in the file order of the original idx files. Nothing here downloads: a missing cache is an
 :class:`~snncc.errors.SnnccError` that says to run ``make data``.
 
+Arrays from files must hold floating-point inputs: integer pixels (0..255) and other dtypes are an
+:class:`~snncc.errors.SnnccError`, as is an empty array. ``$SNNCC_MAX_SAMPLES`` (a positive
+integer), when set, keeps the first N samples of every data set (quick tries; the README test).
+
 Cache folder: ``$SNNCC_DATA_DIR`` if set, else ``<repo>/.cache/data``. Layout (written by
 ``scripts/fetch_data.sh``): ``<cache>/<dataset>/{train,t10k}-{images-idx3,labels-idx1}-ubyte``,
 each either raw or gzip-compressed (``.gz``).
@@ -32,6 +36,35 @@ def data_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else _REPO / ".cache" / "data"
 
 
+def max_samples() -> int | None:
+    """``$SNNCC_MAX_SAMPLES`` as a positive integer, or None when unset."""
+    text = os.environ.get("SNNCC_MAX_SAMPLES", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) == 0:
+        raise SnnccError(f"SNNCC_MAX_SAMPLES={text}: expected a positive integer")
+    return int(text)
+
+
+def limit_samples(x: np.ndarray) -> np.ndarray:
+    """The first ``$SNNCC_MAX_SAMPLES`` rows of ``x`` (all of them when unset)."""
+    limit = max_samples()
+    return x if limit is None else x[:limit]
+
+
+def check_inputs(x: np.ndarray, source: str) -> np.ndarray:
+    """``x`` as float32, or SnnccError when it is empty or not floating point (0..255 integer pixels
+    included: models want their own input scaling, which only the user knows)."""
+    if x.dtype.kind not in "fiu":
+        raise SnnccError(f"{source}: x has dtype {x.dtype}; expected floating-point model inputs")
+    if x.dtype.kind in "iu":
+        raise SnnccError(f"{source}: x has dtype {x.dtype} (integer pixels?); expected floating-point inputs in the "
+                         "model's input layout and scale (the bundled models take pixels / 255 in [0, 1])")
+    if x.ndim == 0 or len(x) == 0:
+        raise SnnccError(f"{source}: x holds no samples (shape {list(x.shape)})")
+    return np.asarray(x, dtype=np.float32)
+
+
 def _find(folder: pathlib.Path, stem: str) -> pathlib.Path:
     for candidate in (folder / stem, folder / f"{stem}.gz"):
         if candidate.is_file():
@@ -57,6 +90,12 @@ def _read_idx(path: pathlib.Path, magic: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
+def _labels(y: np.ndarray, spec: str) -> np.ndarray:
+    if y.dtype.kind not in "iuf" or y.ndim != 1:
+        raise SnnccError(f"{spec}: y has dtype {y.dtype} and shape {list(y.shape)}; expected one class index per input")
+    return np.asarray(y, dtype=np.int64)
+
+
 def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (x float32 [N,1,28,28] in [0,1], y int64 [N]) for ``name`` in DATASETS, ``split`` in SPLITS."""
     if name not in DATASETS:
@@ -77,9 +116,15 @@ def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Loads data named by ``spec``: ``"<dataset>:<split>"`` (e.g. ``fashion-mnist:test``),
     a ``.npz`` file with array ``x`` and optional ``y``, or a ``.npy`` file holding ``x``.
 
-    Returns (x, y or None). Arrays from files are returned as stored except that ``x`` is cast to
-    float32 and ``y`` to int64.
+    Returns (x, y or None), both cut to ``$SNNCC_MAX_SAMPLES`` rows when set. Arrays from files are
+    returned as stored except that a floating-point ``x`` is cast to float32 (others are refused:
+    `check_inputs`) and ``y`` to int64.
     """
+    x, y = _load_spec(spec)
+    return limit_samples(x), (None if y is None else limit_samples(y))
+
+
+def _load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     path = pathlib.Path(spec)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
@@ -90,12 +135,12 @@ def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
         except (OSError, ValueError) as e:
             raise SnnccError(f"cannot read data file {spec}: {e}") from e
         if suffix == ".npy":
-            return np.asarray(loaded, dtype=np.float32), None
+            return check_inputs(loaded, f"data file {spec}"), None
         with loaded:
             if "x" not in loaded.files:
                 raise SnnccError(f"{spec} has no array 'x' (found: {', '.join(loaded.files) or 'none'})")
-            x = np.asarray(loaded["x"], dtype=np.float32)
-            y = np.asarray(loaded["y"], dtype=np.int64) if "y" in loaded.files else None
+            x = check_inputs(loaded["x"], f"data file {spec}")
+            y = _labels(loaded["y"], spec) if "y" in loaded.files else None
         if y is not None and y.shape[0] != x.shape[0]:
             raise SnnccError(f"{spec}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y

@@ -9,6 +9,11 @@ class SnnccError(Exception):
     """A problem with the user's input (model, data, options), not a bug in snncc."""
 
 
+class SnnccWarning(UserWarning):
+    """Something about the user's input that snncc works around but the user should know (the CLI
+    prints it as one line `snncc: warning: ...`)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Problem:
     """One non-convertible node: where it is, what it is, and why it cannot be converted."""

@@ -2,22 +2,22 @@
 full evaluation of a compiled SNN (`evaluate_snn`: accuracy, agreement, spike and SOP counts).
 
 Invariant: every problem with the user's model or data is an SnnccError raised before the long
-run starts (non-SNN model, data that does not fit the input, labels of the wrong length); labels
-outside the model's classes are caught as soon as the class count is known.
+run starts (non-SNN model, an SNN given as the ANN, data that does not fit the input, labels of the
+wrong length, labels outside the model's classes when its output has a static class count); labels
+outside a dynamic class count are caught after the run.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
-import click
 import numpy as np
 import onnx
 import onnxruntime as ort
 
 from snncc.errors import SnnccError
+from snncc.progress import progress
 
 
 def check_input(session: ort.InferenceSession, x: np.ndarray, source: str) -> None:
@@ -38,12 +38,6 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256,
     name = session.get_inputs()[0].name
     starts = range(0, len(x), batch_size)
     return np.concatenate([session.run(None, {name: x[s:s + batch_size]})[0] for s in progress(starts, label)])
-
-
-def progress(items, label: str):
-    """Iterate over `items` with a progress bar on stderr."""
-    with click.progressbar(items, label=label, file=sys.stderr) as bar:
-        yield from bar
 
 
 def top_k_accuracy(logits: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
@@ -107,8 +101,14 @@ def check_labels(y: np.ndarray, count: int, source: str) -> np.ndarray:
 
 
 def _check_label_range(y: np.ndarray, classes: int, source: str) -> None:
-    if len(y) and (y.min() < 0 or y.max() >= classes):
+    if isinstance(classes, int) and len(y) and (y.min() < 0 or y.max() >= classes):
         raise SnnccError(f"labels {source}: values {int(y.min())}..{int(y.max())} outside the model's {classes} classes")
+
+
+def _static_classes(session: ort.InferenceSession) -> int | None:
+    """The class count of the first output [batch, classes] when it is static, else None."""
+    shape = session.get_outputs()[0].shape
+    return shape[-1] if len(shape) == 2 and isinstance(shape[-1], int) else None
 
 
 def _accuracy(logits: np.ndarray, y: np.ndarray):
@@ -134,9 +134,13 @@ def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, so
     from snncc import spikes
     from snncc.session import make_session
 
+    if spikes.neuron_nodes(model):
+        raise SnnccError(f"{source}: a compiled SNN, not an ANN; compare with the ANN it was compiled from")
     probe = spikes.build_probe(model)
     session = make_session(probe.model, native=False)
     check_input(session, x, source)
+    if y is not None:
+        _check_label_range(y, _static_classes(session), source)
     counts = spikes.start_counts(probe)
     logits = []
     for batch, outputs in run_batches(session, x, batch_size or 256, f"ANN on {len(x)} inputs"):
@@ -194,6 +198,8 @@ class SnnEvaluation:
         batch_size = batch_size or self.default_batch_size()
         if reference is not None and len(reference.logits) != len(x):
             raise AssertionError("reference logits were computed on other data")
+        if y is not None:  # before the long run when the class count is static, else after it
+            _check_label_range(y, _static_classes(self.session), self.data)
         counts = spikes.start_counts(self.probe)
         logits = []
         for batch, outputs in run_batches(self.session, x, batch_size, label or f"SNN on {len(x)} inputs"):

@@ -9,6 +9,7 @@ from snncc.compiler import analyse_activations, summarize_layers, to_ir
 from snncc.passes._activation import is_activation, read_activation
 from snncc.passes._graph import source_of
 from snncc.passes.check_convertible import find_problems
+from snncc.report import calibration_text, format_range, model_line
 from snncc.session import runtime_description
 
 
@@ -34,12 +35,12 @@ def _describe_snn(model: onnx.ModelProto, source: str) -> str:
     layers = summarize_layers(model)
     neurons = sum(layer.channels for layer in layers)
     lines = [f"{source}: SNN compiled by snncc {meta.get('snncc.version', '?')}",
-             f"  T = {meta.get('snncc.T', '?')}, T̃ = {meta.get('snncc.levels', '-')}, case: {meta.get('snncc.case', '?')}",
-             f"  calibration: {meta.get('snncc.calibration', '-')}",
+             f"  {model_line(meta)}",
+             f"  calibration: {calibration_text(meta.get('snncc.calibration'))}",
              f"  {len(layers)} neuron layers ({neurons} per-channel parameter sets):"]
     for layer in layers:
-        lines.append(f"    {layer.name}: {layer.case}, C={layer.channels}, theta_pre {layer.theta_pre[0]:.4g}..{layer.theta_pre[1]:.4g}, "
-                     f"theta_post {layer.theta_post[0]:.4g}..{layer.theta_post[1]:.4g}, psi {layer.psi[0]:.4g}..{layer.psi[1]:.4g}")
+        lines.append(f"    {layer.name}: {layer.case}, C={layer.channels}, theta_pre {format_range(*layer.theta_pre)}, "
+                     f"theta_post {format_range(*layer.theta_post)}, psi {format_range(*layer.psi)}")
     lines.append(f"  {runtime_description(model)}")
     return "\n".join(lines)
 
@@ -51,7 +52,7 @@ def _describe_ann(model: onnx.ModelProto, source: str) -> str:
              f"{len(model.graph.node)} nodes, {len(activations)} activations"]
     for node in activations:
         record = read_activation(node)
-        detail = {"qcfs": lambda: f"θ={record.theta.min():.4g}..{record.theta.max():.4g}, T̃={record.levels}",
+        detail = {"qcfs": lambda: f"θ={format_range(record.theta.min(), record.theta.max())}, T̃={record.levels}",
                   "clip": lambda: f"max={record.clip_max:.4g}", "relu": lambda: ""}[record.kind]()
         lines.append(f"  {record.kind:<5} {detail:<22} from {source_of(node)}")
     problems = find_problems(graph_model.graph)

@@ -13,6 +13,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from snncc.errors import SnnccError
+
 _LIBRARY_NAME = "libsnncc_ops.so"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,13 +30,17 @@ NATIVE_KERNELS = {
 
 
 def native_library_path() -> Path | None:
-    """The native `snn` op library to register, or None (absent, or disabled by SNNCC_NATIVE=0)."""
+    """The native `snn` op library to register, or None (absent, or disabled by SNNCC_NATIVE=0);
+    SnnccError when SNNCC_NATIVE_LIB names a file that does not exist."""
     if os.environ.get("SNNCC_NATIVE", "1") == "0":
         return None
-    candidates = []
-    if os.environ.get("SNNCC_NATIVE_LIB"):
-        candidates.append(Path(os.environ["SNNCC_NATIVE_LIB"]))
-    candidates += [
+    chosen = os.environ.get("SNNCC_NATIVE_LIB")
+    if chosen:
+        if not Path(chosen).is_file():
+            raise SnnccError(f"SNNCC_NATIVE_LIB={chosen}: no such file (unset it to use the library built by "
+                             "`make native`, or set SNNCC_NATIVE=0 to run the ops' ONNX functions)")
+        return Path(chosen)
+    candidates = [
         Path(__file__).resolve().parent / _LIBRARY_NAME,
         _REPO_ROOT / "runtime" / "build" / _LIBRARY_NAME,
     ]

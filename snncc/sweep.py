@@ -12,8 +12,11 @@ Variants (the cases of the paper's Table 2; rows of its Tables 3-4):
 | `qcfs-if`  | QCFS  | serial-IF baseline (`--neuron if`), the QCFS θ                 | always |
 | `relu-if`  | ReLU  | serial-IF baseline, thresholds only (the classic conversion)  | calibration data |
 
-The serial-IF columns always run time-expanded (their neurons depend on the order of the inputs,
-so they cannot be folded): they cost T times the ANN.
+The parallel columns run folded unless asked otherwise (folded and expanded parallel SNNs give the
+same outputs; folded ones run each synaptic layer once). The serial-IF columns are baselines, run
+only when asked for (`serial_if=True`, or named in the variant keys): they always run
+time-expanded (their neurons depend on the order of the inputs, so they cannot be folded) and cost
+T times the ANN per input.
 
 Extension point: `VARIANTS` is the list of columns. Another column is one more `Variant` passed
 to `register_variant`.
@@ -55,6 +58,7 @@ class Variant:
     applies: Callable[[ModelInfo, int, bool], bool]  # (model, T, calibration data given)
     options: Callable[[int, ModelInfo], dict]  # extra CompileOptions fields for this T
     needs_calibration: bool = False  # pass the calibration data to the compiler
+    baseline: bool = False  # opt-in: run only when asked for (the serial-IF columns)
 
 
 def _calibration(**fields):
@@ -73,10 +77,10 @@ VARIANTS: list[Variant] = [
     Variant("relu+cal", "ReLU + DA-QCFS calibration", lambda info, T, calib: info.kind == RELU_KIND,
             lambda T, info: {"calibration": _calibration(da_qcfs=True)}, needs_calibration=True),
     Variant("qcfs-if", "QCFS, serial IF baseline", lambda info, T, calib: info.kind == QCFS_KIND,
-            lambda T, info: {"neuron": "if", "fold_time": False}),
+            lambda T, info: {"neuron": "if", "fold_time": False}, baseline=True),
     Variant("relu-if", "ReLU, serial IF baseline", lambda info, T, calib: info.kind == RELU_KIND,
             lambda T, info: {"neuron": "if", "fold_time": False, "calibration": _calibration(da_qcfs=False)},
-            needs_calibration=True),
+            needs_calibration=True, baseline=True),
 ]
 
 
@@ -113,21 +117,23 @@ def parse_steps(text: str) -> list[int]:
     return steps
 
 
-def select_variants(info: ModelInfo, keys: list[str] | None, has_calibration: bool) -> list[Variant]:
+def select_variants(info: ModelInfo, keys: list[str] | None, has_calibration: bool,
+                    serial_if: bool = False) -> list[Variant]:
+    """The named variants, else every one that applies (the baselines only with `serial_if`)."""
     known = {v.key: v for v in VARIANTS}
     if keys:
         unknown = [k for k in keys if k not in known]
         if unknown:
             raise SnnccError(f"unknown sweep variant(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        chosen = [known[k] for k in keys]
+        chosen = [known[k] for k in keys] + [v for v in VARIANTS if serial_if and v.baseline and v.key not in keys]
     else:
-        chosen = [v for v in VARIANTS if any(v.applies(info, T, True) for T in range(1, 65))]
+        chosen = [v for v in VARIANTS if (serial_if or not v.baseline) and any(v.applies(info, T, True) for T in range(1, 65))]
     chosen = [v for v in chosen if any(v.applies(info, T, True) for T in range(1, 65))]
     if not chosen:
         raise SnnccError(f"no sweep variant applies to a {info.kind} model (asked for {', '.join(keys or [])})")
     if not has_calibration and all(v.needs_calibration for v in chosen):
         raise SnnccError(f"a {info.kind.upper()} model needs calibration data for "
-                         f"{', '.join(v.key for v in chosen)}: pass --calib DATA (e.g. fashion-mnist:train)")
+                         f"{', '.join(v.key for v in chosen)} (e.g. fashion-mnist:train)")
     return chosen
 
 
@@ -219,6 +225,22 @@ class SweepResult:
         return "\n".join(head + lines + ["(firing rate and energy of the first column; per row in the CSV/JSON)",
                                          "variants: " + "; ".join(notes)])
 
+    def plot_title(self) -> str:
+        """Model, data and the conversion case, for the plot."""
+        levels = f", T̃={self.info.levels}" if self.info.levels else ", no T̃ (thresholds from data)"
+        data = Path(self.data).name if self.data.endswith((".npz", ".npy")) else self.data
+        cases = ", ".join(sorted({r.case for r in self.rows if r.case}))
+        folded = "folded" if self.folded else "time-expanded"
+        return (f"{Path(self.model).name} ({self.info.kind.upper()}{levels}) on {data}, {self.samples} inputs\n"
+                f"cases: {cases or '-'}; parallel neurons {folded}")
+
+    def plot_series(self, key: str) -> tuple[list[int], list[float]]:
+        """(every T of the sweep, the variant's value in % or NaN where it did not run): NaN breaks
+        the line, so no segment is drawn across a T the variant skipped."""
+        steps = self.steps()
+        values = [self.value(T, key) for T in steps]
+        return steps, [float("nan") if v is None else 100 * v for v in values]
+
     def plot(self, path: Path) -> None:
         """Accuracy (or agreement) against T, one line per variant, the ANN as a dashed line."""
         import matplotlib
@@ -226,12 +248,10 @@ class SweepResult:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=100)
+        fig, ax = plt.subplots(figsize=(9, 5.6), dpi=120)
         for variant in self.variants:
-            points = [(r.steps, 100 * getattr(r, self.metric)) for r in self.rows
-                      if r.variant == variant.key and getattr(r, self.metric) is not None]
-            if points:
-                xs, ys = zip(*points)
+            xs, ys = self.plot_series(variant.key)
+            if any(y == y for y in ys):  # some value is not NaN
                 ax.plot(xs, ys, marker="o", label=variant.label)
         if self.ann_top1 is not None:
             ax.axhline(100 * self.ann_top1, color="black", linestyle="--", linewidth=1, label="ANN")
@@ -239,9 +259,9 @@ class SweepResult:
         ax.set_xticks(self.steps(), [str(s) for s in self.steps()])
         ax.set_xlabel("time-steps T")
         ax.set_ylabel("top-1 accuracy (%)" if self.metric == "top1" else "agreement with the ANN (%)")
-        ax.set_title(f"{Path(self.model).name}", fontsize=9)
+        ax.set_title(self.plot_title(), fontsize=11)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=10)
         fig.tight_layout()
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png")
@@ -251,63 +271,69 @@ class SweepResult:
         write_atomic(path, buffer.getvalue())
 
 
+def planned_runs(info: ModelInfo, variants: list[Variant], steps: list[int], has_calibration: bool) -> list[tuple[int, Variant]]:
+    """The (T, variant) cells a sweep will compile and evaluate, in order."""
+    return [(T, v) for T in steps for v in variants
+            if v.applies(info, T, has_calibration) and (has_calibration or not v.needs_calibration)]
+
+
 def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarray, y: np.ndarray | None,
               data: str, calibration=None, variant_keys: list[str] | None = None, batch_size: int | None = None,
-              fold_time: bool = False, echo: Callable[[str], None] = print) -> SweepResult:
-    """Compile and evaluate every applicable (T, variant); `calibration` is a CalibrationData or None."""
+              fold_time: bool = True, echo: Callable[[str], None] = print, serial_if: bool = False) -> SweepResult:
+    """Compile and evaluate every applicable (T, variant); `calibration` is a CalibrationData or None.
+    `echo` gets one line per finished run: 'run k of N', the result, the time taken and the ETA."""
     from snncc.compiler import CompileOptions, compile_model
     from snncc.evaluate import SnnEvaluation, evaluate_ann
+    from snncc.progress import ProgressLog
 
     info = model_info(model, source)
-    variants = select_variants(info, variant_keys, calibration is not None)
+    variants = select_variants(info, variant_keys, calibration is not None, serial_if)
+    runs = planned_runs(info, variants, steps, calibration is not None)
     reference = evaluate_ann(model, x, y, source, batch_size)
     result = SweepResult(source, data, len(x), info,
                          reference.accuracy.top1 if reference.accuracy else None,
                          reference.accuracy.top5 if reference.accuracy else None,
                          reference.macs, None if calibration is None else calibration.source, fold_time, variants)
-    for T in steps:
-        for variant in variants:
-            if not variant.applies(info, T, calibration is not None):
-                continue
-            if variant.needs_calibration and calibration is None:
-                continue
-            fields = {"fold_time": fold_time, **variant.options(T, info)}  # a variant may override folding
-            options = CompileOptions(steps=T, source=source, **fields,
-                                     calibration_data=calibration if variant.needs_calibration else None)
-            started = time.perf_counter()
-            compiled = compile_model(model, options).model
-            compiled_at = time.perf_counter()
-            report = SnnEvaluation(compiled, f"{source} T={T} {variant.key}", x, data).run(
-                y, reference, batch_size, label=f"T={T} {variant.key}")
-            done = time.perf_counter()
-            meta = report.metadata
-            row = Row(T, variant.key, variant.label, meta.get("snncc.case", ""),
-                      report.accuracy.top1 if report.accuracy else None,
-                      report.accuracy.top5 if report.accuracy else None,
-                      report.agreement.argmax, report.agreement.max_abs_logit_diff, report.counts.firing_rate(),
-                      report.sops, report.snn_energy_uj / report.ann_energy_uj if report.ann_energy_uj else None,
-                      compiled_at - started, done - compiled_at)
-            result.rows.append(row)
-            shown = f"{100 * row.top1:.2f}% top-1" if row.top1 is not None else f"{100 * row.agreement:.2f}% agreement"
-            echo(f"T={T:<4} {variant.key:<10} {shown}, firing rate {row.firing_rate:.4f}, "
-                 f"{row.sops_per_sample:,.0f} SOPs/sample ({row.compile_s:.1f}s compile, {row.eval_s:.1f}s eval)")
+    log = ProgressLog(len(runs), "sweep", "run")
+    for T, variant in runs:
+        fields = {"fold_time": fold_time, **variant.options(T, info)}  # a variant may override folding
+        options = CompileOptions(steps=T, source=source, **fields,
+                                 calibration_data=calibration if variant.needs_calibration else None)
+        started = time.perf_counter()
+        compiled = compile_model(model, options).model
+        compiled_at = time.perf_counter()
+        report = SnnEvaluation(compiled, f"{source} T={T} {variant.key}", x, data).run(
+            y, reference, batch_size, label=f"T={T} {variant.key}")
+        done = time.perf_counter()
+        meta = report.metadata
+        row = Row(T, variant.key, variant.label, meta.get("snncc.case", ""),
+                  report.accuracy.top1 if report.accuracy else None,
+                  report.accuracy.top5 if report.accuracy else None,
+                  report.agreement.argmax, report.agreement.max_abs_logit_diff, report.counts.firing_rate(),
+                  report.sops, report.snn_energy_uj / report.ann_energy_uj if report.ann_energy_uj else None,
+                  compiled_at - started, done - compiled_at)
+        result.rows.append(row)
+        shown = f"{100 * row.top1:.2f}% top-1" if row.top1 is not None else f"{100 * row.agreement:.2f}% agreement"
+        echo(f"{log.step_line()}: T={T} {variant.key} {shown}, firing rate {row.firing_rate:.4f}, "
+             f"{row.sops_per_sample:,.0f} SOPs/sample ({row.compile_s:.1f}s compile, {row.eval_s:.1f}s eval)")
     return result
 
 
+def output_paths(prefix: Path, plot: bool = True) -> list[Path]:
+    """PREFIX.csv, PREFIX.json and, with `plot`, PREFIX.png."""
+    return [prefix.with_name(prefix.name + suffix) for suffix in (".csv", ".json", ".png")[:3 if plot else 2]]
+
+
 def write_outputs(result: SweepResult, prefix: Path, plot: bool = True) -> list[Path]:
-    """PREFIX.csv, PREFIX.json and (with matplotlib) PREFIX.png; returns the paths written."""
+    """The files of `output_paths`; returns the paths written."""
     from snncc.report import write_atomic
 
-    written = []
-    for suffix, content in ((".csv", result.to_csv()), (".json", json.dumps(result.to_json(), indent=2) + "\n")):
-        path = prefix.with_name(prefix.name + suffix)
-        write_atomic(path, content)
-        written.append(path)
-    if plot:
-        path = prefix.with_name(prefix.name + ".png")
+    csv_path, json_path, *png = output_paths(prefix, plot)
+    write_atomic(csv_path, result.to_csv())
+    write_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
+    for path in png:
         result.plot(path)
-        written.append(path)
-    return written
+    return output_paths(prefix, plot)
 
 
 def have_matplotlib() -> bool:

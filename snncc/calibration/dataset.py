@@ -1,7 +1,9 @@
 """Calibration data: arrays or image folders, validated before any work is done.
 
 Invariant: a CalibrationData holds at least one sample, float32, in the model's input layout,
-with only finite values; its summary names the source, the sample count and a hash of the data.
+with only finite values (labels, when the source has them, one per sample); its summary names the
+source, the sample count and a hash of the data. Sample limits that the data cannot meet are
+reported as SnnccWarning, never ignored silently.
 """
 
 from __future__ import annotations
@@ -11,10 +13,12 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import warnings
+
 import numpy as np
 
 from snncc import data as datasets
-from snncc.errors import SnnccError
+from snncc.errors import SnnccError, SnnccWarning
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
 
@@ -46,9 +50,9 @@ class Preprocess:
                 else:
                     fields[key] = tuple(float(v) for v in value.split("/"))
             except ValueError:
-                raise SnnccError(f"bad --preprocess item '{item}'; expected resize=N, crop=N, mean=a[/b/c], std=a[/b/c]") from None
+                raise SnnccError(f"bad preprocessing item '{item}'; expected resize=N, crop=N, mean=a[/b/c], std=a[/b/c]") from None
         if any(s <= 0 for s in fields.get("std", (1.0,))):
-            raise SnnccError("--preprocess std values must be positive")
+            raise SnnccError("preprocessing std values must be positive")
         return cls(**fields)
 
 
@@ -56,6 +60,7 @@ class Preprocess:
 class CalibrationData:
     x: np.ndarray
     source: str
+    y: np.ndarray | None = None  # class labels, when the source has them (for the sanity check)
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         for start in range(0, len(self.x), batch_size):
@@ -63,7 +68,7 @@ class CalibrationData:
 
     def run(self, proto, names: list[str], batch_size: int, label: str) -> Iterator[list[np.ndarray]]:
         """The outputs `names` of the model `proto` (stock ops, one input) for each batch, in order."""
-        from snncc.evaluate import progress
+        from snncc.progress import progress
         from snncc.session import make_session
 
         session = make_session(proto, native=False)
@@ -83,43 +88,74 @@ class CalibrationData:
 
 def load_calibration_data(spec: str, input_shape: list, samples: int | None = None,
                           preprocess: str | None = None) -> CalibrationData:
-    """Read `spec` (dataset:split, .npy, .npz with array x, or an image folder) and validate it."""
+    """Read `spec` (dataset:split, .npy, .npz with array x [and y], or an image folder) and validate
+    it. `samples` keeps the first N samples; `preprocess` applies to image folders only."""
     if samples is not None and samples <= 0:
-        raise SnnccError(f"--calib-samples must be positive, got {samples}")
+        raise SnnccError(f"the calibration sample count must be positive, got {samples}")
     path = Path(spec)
+    if preprocess and not path.is_dir():
+        raise SnnccError(f"calibration data {spec}: preprocessing applies to image folders only; "
+                         "arrays and datasets are used as they are")
+    y = None
     if path.is_dir():
         x = _read_images(path, input_shape, Preprocess.parse(preprocess), samples)
     elif path.suffix.lower() in (".npy", ".npz"):
-        x = _read_array(path)
+        x, y = _read_array(path)
     elif ":" in spec and not path.exists():
-        x, _ = datasets.load_spec(spec)
+        x, y = datasets.load_spec(spec)
     else:
         raise SnnccError(f"calibration data {spec}: not found (expected a .npy/.npz file, an image folder, or dataset:split)")
-    if samples is not None:
-        x = x[:samples]
+    return _limited(x, y, spec, input_shape, samples)
+
+
+def calibration_from_array(x, input_shape: list | None = None, y=None, source: str = "array") -> CalibrationData:
+    """Calibration data from an array in the model's input layout (any float dtype; cast to float32),
+    with optional labels; validated as `load_calibration_data` validates files."""
+    x = np.asarray(x)
+    if x.dtype.kind == "f":
+        x = x.astype(np.float32, copy=False)
+    if y is not None:
+        y = np.asarray(y)
+        if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
+            raise SnnccError(f"calibration labels: {list(y.shape)} {y.dtype}, expected {len(x)} integer class indices")
+    shape = input_shape if input_shape is not None else [None, *x.shape[1:]]
+    return _limited(x, y, source, shape, None)
+
+
+def _limited(x: np.ndarray, y: np.ndarray | None, spec: str, input_shape: list, samples: int | None) -> CalibrationData:
+    cap = datasets.max_samples()
+    limit = min(n for n in (samples, cap, len(x)) if n is not None)
+    if samples is not None and samples > len(x) and not Path(spec).is_dir():
+        warnings.warn(f"calibration data {spec}: {samples} samples asked for, it holds {len(x)}: using {len(x)}",
+                      SnnccWarning, stacklevel=2)
+    x, y = x[:limit], (None if y is None else y[:limit])
     _validate(x, input_shape, spec)
-    return CalibrationData(x, spec)
+    return CalibrationData(x, spec, None if y is None else np.asarray(y, dtype=np.int64))
 
 
-def _read_array(path: Path) -> np.ndarray:
+def _read_array(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     if not path.is_file():
         raise SnnccError(f"calibration data {path}: no such file")
     try:
         if path.suffix.lower() == ".npy":
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            return np.load(path, mmap_mode="r", allow_pickle=False), None
         with np.load(path, allow_pickle=False) as archive:
             if "x" not in archive.files:
                 raise SnnccError(f"calibration data {path}: no array 'x' (found: {', '.join(archive.files) or 'none'})")
-            return archive["x"]
+            x = archive["x"]
+            y = archive["y"] if "y" in archive.files else None
     except (OSError, ValueError) as error:
         raise SnnccError(f"calibration data {path}: cannot read ({error})") from None
+    if y is not None and (y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iuf"):
+        y = None  # not labels this check can use; the inputs stand on their own
+    return x, y
 
 
 def _validate(x: np.ndarray, input_shape: list, source: str) -> None:
     if x.dtype.kind != "f":
         raise SnnccError(f"calibration data {source}: dtype {x.dtype}, expected floating point in the model's input layout "
-                         "(scale integer images yourself, or use an image folder with --preprocess)")
-    if len(x) == 0:
+                         "(scale integer images yourself, or calibrate on an image folder)")
+    if x.ndim == 0 or len(x) == 0:
         raise SnnccError(f"calibration data {source}: empty")
     expected = list(input_shape[1:])
     if x.ndim != len(input_shape) or any(isinstance(d, int) and d != n for d, n in zip(expected, x.shape[1:])):
@@ -132,7 +168,11 @@ def _validate(x: np.ndarray, input_shape: list, source: str) -> None:
 def _read_images(folder: Path, input_shape: list, prep: Preprocess, samples: int | None) -> np.ndarray:
     from PIL import Image
 
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:samples]
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if samples is not None and samples > len(files):
+        warnings.warn(f"calibration data {folder}: {samples} samples asked for, it holds {len(files)} images: "
+                      f"using {len(files)}", SnnccWarning, stacklevel=3)
+    files = files[:min(n for n in (samples, datasets.max_samples(), len(files)) if n is not None)]
     if not files:
         raise SnnccError(f"calibration data {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     if len(input_shape) != 4 or not all(isinstance(d, int) for d in input_shape[1:]):
@@ -151,7 +191,7 @@ def _read_images(folder: Path, input_shape: list, prep: Preprocess, samples: int
             raise SnnccError(f"calibration image {file}: cannot read ({error})") from None
         image = _resize_and_crop(image, prep)
         if image.size != (width, height):
-            raise SnnccError(f"calibration image {file}: {image.size[0]}x{image.size[1]} after --preprocess, the model wants {width}x{height}")
+            raise SnnccError(f"calibration image {file}: {image.size[0]}x{image.size[1]} after preprocessing, the model wants {width}x{height}")
         pixels = np.asarray(image, np.float32).reshape(height, width, channels).transpose(2, 0, 1) / 255.0
         out[i] = (pixels - mean) / std
     return out

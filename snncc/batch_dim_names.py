@@ -1,0 +1,67 @@
+"""Name the batch dimensions of a compiled model after what they are, for Netron and other readers.
+
+Shape inference leaves the time-major batch of a compiled SNN as an anonymous `unk__6` and keeps
+stale names from the ANN. Which dimension is which follows from the graph alone: with the input's
+batch fixed to a number B, inference gives every such dimension as a·B (a = 1: the batch; a = T:
+the time-major batch T·B). Two probe values of B tell these apart from constants.
+
+Invariant: `name_batch_dims` changes only symbolic or unknown dimensions of graph inputs, outputs and
+value_infos; each becomes the input's batch name N when it is N, `T*N` when it is T·N (`a*N` for
+another whole multiple a); every other dimension is left as it was.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+_PROBES = (7, 11)  # coprime with each other, unlikely factors of a model's own shapes
+
+
+def _batch_name(model: onnx.ModelProto) -> str | None:
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in initializers]
+    dims = [i.type.tensor_type.shape.dim for i in inputs if i.type.tensor_type.shape.dim]
+    names = {d[0].dim_param for d in dims if d[0].HasField("dim_param")}
+    return names.pop() if len(names) == 1 and all(d[0].HasField("dim_param") for d in dims) else None
+
+
+def _value_infos(graph: onnx.GraphProto):
+    yield from graph.input
+    yield from graph.output
+    yield from graph.value_info
+
+
+def _probe_shapes(model: onnx.ModelProto, batch_name: str, batch: int) -> dict[str, list[int | None]]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.value_info[:]
+    for value in list(probe.graph.input) + list(probe.graph.output):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.HasField("dim_param"):
+                dim.Clear()  # outputs: let inference fill them; inputs: set below
+    for value in probe.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_value = batch
+    inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+            for v in _value_infos(inferred.graph)}
+
+
+def name_batch_dims(model: onnx.ModelProto, steps: int) -> None:
+    """Rename, in place, the symbolic batch dimensions of `model` (see the module invariant)."""
+    batch_name = _batch_name(model)
+    if batch_name is None:
+        return
+    small, large = (_probe_shapes(model, batch_name, b) for b in _PROBES)
+    for value in _value_infos(model.graph):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if dim.HasField("dim_value"):
+                continue
+            a, b = (shapes.get(value.name, []) for shapes in (small, large))
+            if axis >= min(len(a), len(b)) or a[axis] is None or b[axis] is None:
+                continue
+            factor, rest = divmod(a[axis], _PROBES[0])
+            if rest or factor == 0 or b[axis] != factor * _PROBES[1]:
+                continue
+            dim.dim_param = batch_name if factor == 1 else "T*" + batch_name if factor == steps else f"{factor}*{batch_name}"
