@@ -91,23 +91,6 @@ def main():
     """Compile ANN ONNX models into parallel-spiking SNN ONNX models."""
 
 
-def layer_table(layers) -> str:
-    """The compile summary: one row per neuron layer, columns as wide as their widest cell."""
-    from snncc.report import format_range
-
-    header = ["neuron layer", "case", "C", "theta_pre", "theta_post", "psi", "source"]
-    rows = [[layer.name, layer.case, str(layer.channels), format_range(*layer.theta_pre),
-             format_range(*layer.theta_post), format_range(*layer.psi),
-             layer.source if len(layer.source) <= 48 else layer.source[:45] + "..."] for layer in layers]
-    widths = [max(len(row[i]) for row in [header] + rows) for i in range(len(header))]
-    right = {2, 3, 4, 5}
-    lines = ["  ".join(cell.rjust(w) if i in right else cell.ljust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
-             for row in [header] + rows]
-    lines.append("(C: channels with their own theta and psi, 1 = one value for the layer; "
-                 "a..b: the range over the channels)")
-    return "\n".join(lines)
-
-
 @main.command("compile")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(path_type=Path))
 @click.option("--T", "steps", type=int, required=True, help="Number of SNN time-steps T.")
@@ -137,6 +120,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     from snncc.calibration.thresholds import ThresholdMode
     from snncc.compiler import CompileOptions, compile_model
     from snncc.modelio import check_output_path, default_output, load_model, save_model
+    from snncc.report import layer_table
 
     output = output or default_output(model_path)
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)

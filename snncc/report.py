@@ -231,6 +231,16 @@ def format_range(low: float, high: float) -> str:
     return f"{low:.4g}" if f"{low:.4g}" == f"{high:.4g}" else f"{low:.4g}..{high:.4g}"
 
 
+def layer_table(layers) -> str:
+    """The compile summary: one row per neuron layer, columns as wide as their widest cell."""
+    header = ["neuron layer", "case", "C", "theta_pre", "theta_post", "psi", "source"]
+    rows = [[layer.name, layer.case, str(layer.channels), format_range(*layer.theta_pre),
+             format_range(*layer.theta_post), format_range(*layer.psi),
+             layer.source if len(layer.source) <= 48 else layer.source[:45] + "..."] for layer in layers]
+    return (_table(header, rows, left=(0, 1, 6)) + "\n(C: channels with their own theta and psi, 1 = one value "
+            "for the layer; a..b: the range over the channels)")
+
+
 def _int_or_none(value) -> int | None:
     try:
         return int(value)
@@ -242,10 +252,11 @@ def _short(name: str, width: int = 40) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
-def _table(header: list[str], rows: list[list[str]]) -> str:
+def _table(header: list[str], rows: list[list[str]], left: tuple[int, ...] = (0,)) -> str:
+    """Columns as wide as their widest cell; the `left` columns flush left, the others right."""
     widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
     def fmt(row):
-        return "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        return "  ".join(cell.ljust(w) if i in left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
     return "\n".join([fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows])
 
 

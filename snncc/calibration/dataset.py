@@ -125,7 +125,7 @@ def calibration_from_array(x, input_shape: list | None = None, y=None, source: s
 def _limited(x: np.ndarray, y: np.ndarray | None, spec: str, input_shape: list, samples: int | None) -> CalibrationData:
     cap = datasets.max_samples()
     limit = min(n for n in (samples, cap, len(x)) if n is not None)
-    if samples is not None and samples > len(x) and not Path(spec).is_dir():
+    if samples is not None and samples > len(x) and (cap is None or len(x) < cap) and not Path(spec).is_dir():
         warnings.warn(f"calibration data {spec}: {samples} samples asked for, it holds {len(x)}: using {len(x)}",
                       SnnccWarning, stacklevel=2)
     x, y = x[:limit], (None if y is None else y[:limit])
@@ -169,10 +169,11 @@ def _read_images(folder: Path, input_shape: list, prep: Preprocess, samples: int
     from PIL import Image
 
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if samples is not None and samples > len(files):
+    cap = datasets.max_samples()
+    if samples is not None and samples > len(files) and (cap is None or len(files) < cap):
         warnings.warn(f"calibration data {folder}: {samples} samples asked for, it holds {len(files)} images: "
                       f"using {len(files)}", SnnccWarning, stacklevel=3)
-    files = files[:min(n for n in (samples, datasets.max_samples(), len(files)) if n is not None)]
+    files = files[:min(n for n in (samples, cap, len(files)) if n is not None)]
     if not files:
         raise SnnccError(f"calibration data {folder}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     if len(input_shape) != 4 or not all(isinstance(d, int) for d in input_shape[1:]):

@@ -41,7 +41,7 @@ class ThresholdMode:
             return cls(mse=text == "mse")
         match = re.fullmatch(r"p(\d+(?:\.\d+)?)", text)
         if not match or not 0 < float(match.group(1)) <= 100:
-            raise SnnccError(f"bad --threshold '{text}'; expected 'max', 'mse' or a percentile such as p99.9")
+            raise SnnccError(f"bad threshold '{text}'; expected 'max', 'mse' or a percentile such as p99.9")
         return cls(float(match.group(1)))
 
     def needs_histograms(self) -> bool:
