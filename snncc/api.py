@@ -92,9 +92,7 @@ def _calibration_data(calib: CalibLike, labels, model: onnx.ModelProto, source: 
     if not isinstance(calib, np.ndarray):
         raise SnnccError(f"calib: expected a numpy array, a path or a dataset name such as 'fashion-mnist:train', "
                          f"got {type(calib).__name__}")
-    x = calib if samples is None else calib[:samples]
-    y = None if labels is None else np.asarray(labels)[:len(x)]
-    return calibration_from_array(x, shape, y, source=f"array {list(calib.shape)} {calib.dtype}")
+    return calibration_from_array(calib, shape, labels, f"array {list(calib.shape)} {calib.dtype}", samples)
 
 
 def compile(model: ModelLike, T: int, calib: CalibLike = None, *, calib_labels=None, calib_samples: int | None = None,

@@ -90,8 +90,7 @@ def load_calibration_data(spec: str, input_shape: list, samples: int | None = No
                           preprocess: str | None = None) -> CalibrationData:
     """Read `spec` (dataset:split, .npy, .npz with array x [and y], or an image folder) and validate
     it. `samples` keeps the first N samples; `preprocess` applies to image folders only."""
-    if samples is not None and samples <= 0:
-        raise SnnccError(f"the calibration sample count must be positive, got {samples}")
+    _check_sample_count(samples)
     path = Path(spec)
     if preprocess and not path.is_dir():
         raise SnnccError(f"calibration data {spec}: preprocessing applies to image folders only; "
@@ -108,10 +107,14 @@ def load_calibration_data(spec: str, input_shape: list, samples: int | None = No
     return _limited(x, y, spec, input_shape, samples)
 
 
-def calibration_from_array(x, input_shape: list | None = None, y=None, source: str = "array") -> CalibrationData:
+def calibration_from_array(x, input_shape: list | None = None, y=None, source: str = "array",
+                           samples: int | None = None) -> CalibrationData:
     """Calibration data from an array in the model's input layout (any float dtype; cast to float32),
-    with optional labels; validated as `load_calibration_data` validates files."""
+    with optional labels, its first `samples` rows; validated as `load_calibration_data` validates files."""
+    _check_sample_count(samples)
     x = np.asarray(x)
+    if x.ndim == 0:
+        raise SnnccError(f"calibration data {source}: one value, expected an array of samples")
     if x.dtype.kind == "f":
         x = x.astype(np.float32, copy=False)
     if y is not None:
@@ -119,7 +122,12 @@ def calibration_from_array(x, input_shape: list | None = None, y=None, source: s
         if y.ndim != 1 or len(y) != len(x) or y.dtype.kind not in "iu":
             raise SnnccError(f"calibration labels: {list(y.shape)} {y.dtype}, expected {len(x)} integer class indices")
     shape = input_shape if input_shape is not None else [None, *x.shape[1:]]
-    return _limited(x, y, source, shape, None)
+    return _limited(x, y, source, shape, samples)
+
+
+def _check_sample_count(samples: int | None) -> None:
+    if samples is not None and samples <= 0:
+        raise SnnccError(f"the calibration sample count must be positive, got {samples}")
 
 
 def _limited(x: np.ndarray, y: np.ndarray | None, spec: str, input_shape: list, samples: int | None) -> CalibrationData:
