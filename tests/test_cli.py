@@ -58,7 +58,7 @@ def test_inspect_ann_and_snn(qcfs_file, tmp_path):
     out = tmp_path / "x.snn.onnx"
     assert snncc("compile", qcfs_file, "--T", 8, "-o", out).returncode == 0
     snn = snncc("inspect", out)
-    assert snn.returncode == 0 and "T = 8" in snn.stdout and "qcfs-T-differs" in snn.stdout
+    assert snn.returncode == 0 and "T=8, T̃=4" in snn.stdout and "qcfs-T-differs" in snn.stdout
 
 
 def test_eval_reports_accuracy_and_full_agreement_at_t_equal_levels(qcfs_file, tmp_path):

@@ -271,3 +271,18 @@ def test_eval_errors_are_one_line(files, tmp_path):
     assert_user_error(snncc("eval", files / "snn.onnx", "--data", files / "data.npz", "--json", tmp_path / "no" / "r.json"),
                       "does not exist")
     assert_user_error(snncc("eval", files / "snn.onnx", "--data", files / "data.npz", "--json", tmp_path), "is a folder")
+
+
+def test_lossless_residue_is_explained_with_the_inputs_it_touched():
+    """A lossless SNN whose float32 logits differ from the ANN's on some inputs says why, and on how many."""
+    from snncc.evaluate import Agreement
+    from snncc.report import EvalReport
+    from snncc.spikes import Counts
+
+    metadata = {"snncc.T": "4", "snncc.levels": "4", "snncc.case": "qcfs-lossless"}
+    report = EvalReport("m.snn.onnx", "d.npz", 400, metadata, "runtime", Counts(samples=400),
+                        agreement=Agreement(argmax=0.9975, max_abs_logit_diff=0.344, relative_close=0.9775))
+    text = report.format_text()
+    assert "float rounding" in text and "one spike more or less" in text and "touched 9 of 400 inputs" in text
+    report.agreement = Agreement(1.0, 0.0, 1.0)
+    assert "float rounding" not in report.format_text()

@@ -50,7 +50,7 @@ def folder(tmp_path_factory):
 
 def test_sweep_qcfs_writes_table_csv_json_and_png(folder):
     result = snncc("sweep", folder / "qcfs.onnx", "--T", "2,4", "--data", folder / "test.npz",
-                   "--calib", folder / "calib.npz", "-o", folder / "out")
+                   "--calib", folder / "calib.npz", "-o", folder / "out", "--serial-if")
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     rows = list(csv.DictReader((folder / "out.csv").open()))
@@ -77,7 +77,7 @@ def test_sweep_qcfs_writes_table_csv_json_and_png(folder):
 
 def test_sweep_relu_thresholds_only_and_calibrated(folder):
     result = snncc("sweep", folder / "relu.onnx", "--T", "4,8", "--data", folder / "test.npz",
-                   "--calib", folder / "calib.npz", "-o", folder / "relu", "--no-plot", "--fold-time")
+                   "--calib", folder / "calib.npz", "-o", folder / "relu", "--no-plot", "--serial-if")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader((folder / "relu.csv").open()))
     assert [(r["T"], r["variant"], r["case"]) for r in rows] == [
@@ -108,7 +108,46 @@ def test_a_registered_variant_becomes_a_column(folder, monkeypatch):
     model = onnx.load(folder / "qcfs.onnx")
     data = np.load(folder / "test.npz")
     result = sweep.run_sweep(model, "qcfs.onnx", [4], data["x"][:40], data["y"][:40], "test.npz",
-                             CalibrationData(np.load(folder / "calib.npz")["x"], "calib"), echo=lambda line: None)
+                             CalibrationData(np.load(folder / "calib.npz")["x"], "calib"), echo=lambda line: None,
+                             serial_if=True)
     assert [r.variant for r in result.rows] == ["qcfs", "qcfs-if", "qcfs-folded"]
     assert result.rows[0].top1 == result.rows[2].top1 and result.rows[2].agreement == 1.0
     assert "qcfs-folded" in result.format_table()
+
+
+def test_sweep_defaults_folded_without_serial_if_and_logs_run_k_of_n(folder):
+    """Parallel cases run folded (the same numbers as expanded ones); the serial-IF baseline is
+    opt-in and the log says so; a pipe gets 'run k of N' with an ETA; outputs are not overwritten."""
+    args = ("sweep", folder / "qcfs.onnx", "--T", "2,4", "--data", folder / "test.npz", "--calib", folder / "calib.npz",
+            "--no-plot")
+    folded = snncc(*args, "-o", folder / "folded")
+    assert folded.returncode == 0, folded.stderr
+    assert "serial-IF baseline not run (add it with --serial-if)" in folded.stderr
+    assert "sweep: run 1 of 3 (33%)" in folded.stderr and "ETA" in folded.stderr
+    assert "sweep: run 3 of 3 (100%)" in folded.stderr
+    report = json.loads((folder / "folded.json").read_text())
+    assert report["folded"] is True and [r["variant"] for r in report["rows"]] == ["qcfs", "qcfs+cal", "qcfs"]
+    expanded = snncc(*args, "-o", folder / "expanded", "--expand-time")
+    assert expanded.returncode == 0, expanded.stderr
+    rows = json.loads((folder / "expanded.json").read_text())["rows"]
+    assert [r["top1"] for r in rows] == [r["top1"] for r in report["rows"]]
+    again = snncc(*args, "-o", folder / "folded")
+    assert again.returncode == 2 and "already exists (use --force to overwrite)" in again.stderr
+
+
+def test_plot_is_large_titled_and_skips_missing_t(folder):
+    model = onnx.load(folder / "qcfs.onnx")
+    data = np.load(folder / "test.npz")
+    result = sweep.run_sweep(model, "qcfs.onnx", [2, 4, 8], data["x"][:24], data["y"][:24], "test.npz",
+                             CalibrationData(np.load(folder / "calib.npz")["x"], "calib"), echo=lambda line: None)
+    steps, values = result.plot_series("qcfs+cal")  # no DA-QCFS row at T = T̃ = 4
+    assert steps == [2, 4, 8] and np.isnan(values[1]) and not np.isnan(values[0]) and not np.isnan(values[2])
+    assert values[0] == 100 * result.value(2, "qcfs+cal")
+    title = result.plot_title()
+    assert "test.npz" in title and "T̃=4" in title and "qcfs-lossless" in title and "qcfs-da-qcfs" in title
+    if sweep.have_matplotlib():
+        from PIL import Image
+
+        result.plot(folder / "plot.png")
+        with Image.open(folder / "plot.png") as image:
+            assert image.size[0] >= 1000 and image.size[1] >= 600
