@@ -196,7 +196,7 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
                  json_path: Path | None, batch_size: int, force: bool):
     """Accuracy, agreement with the ANN, firing rates, SOPs and energy of a compiled SNN."""
     from snncc.data import load_spec
-    from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels
+    from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels, lossless_residue
     from snncc.modelio import load_model
     from snncc.report import write_atomic
 
@@ -208,6 +208,8 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
     ann = load_model(ann_path) if ann_path is not None else None
     reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
     report = evaluation.run(y, reference, batch_size)
+    if reference is not None and "qcfs-lossless" in report.metadata.get("snncc.case", "").split(","):
+        report.residue = lossless_residue(snn, ann, x, report.logits, reference.logits)
     click.echo(report.format_text())
     if json_path is not None:
         write_atomic(json_path, report.to_json_text())

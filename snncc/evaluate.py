@@ -227,6 +227,67 @@ class SnnEvaluation:
         return report
 
 
+@dataclasses.dataclass(frozen=True)
+class Residue:
+    """Where a lossless SNN's logits differ from the ANN's: neurons whose spike count differs from
+    the ANN's QCFS level, on the inputs whose logits differ."""
+
+    inputs: int  # inputs examined (those whose logits differ, at most MAX_RESIDUE_INPUTS)
+    flipped: int  # neurons (over those inputs) firing a different number of spikes than the ANN's level
+    compared: int  # neurons compared
+
+
+MAX_RESIDUE_INPUTS = 256
+
+
+def lossless_residue(snn: onnx.ModelProto, ann: onnx.ModelProto, x: np.ndarray, snn_logits: np.ndarray,
+                     ann_logits: np.ndarray) -> Residue | None:
+    """Count, on the inputs whose logits differ by more than 1e-4·max|ANN logit|, the neurons of each
+    scalar-θ layer whose spike count k differs from the ANN's QCFS level round(a·T/θ) at that place
+    (a: the ANN's activation output); None when no input differs."""
+    from snncc import ops
+    from snncc.compiler import summarize_layers
+    from snncc.session import make_session
+
+    diff = np.abs(snn_logits - ann_logits).max(axis=1)
+    rows = np.flatnonzero(diff > 1e-4 * np.abs(ann_logits).max(axis=1))[:MAX_RESIDUE_INPUTS]
+    if not len(rows):
+        return None
+    ann_outputs = {n.name: n.output[0] for n in ann.graph.node}
+    neurons = [n for n in snn.graph.node if ops.is_neuron(n)]
+    pairs = []  # (SNN neuron output, its steps, ANN activation output, θ)
+    for node, layer in zip(neurons, summarize_layers(snn)):
+        last_source = layer.source.split(",")[-1]
+        if layer.theta_post[0] == layer.theta_post[1] and last_source in ann_outputs:
+            steps = next(a.i for a in node.attribute if a.name == "T")
+            pairs.append((node.output[0], node.op_type != ops.SPIKE_COUNT, steps, ann_outputs[last_source],
+                          layer.theta_post[0]))
+    batch = np.ascontiguousarray(x[rows])
+
+    def outputs(model, names):
+        extended = onnx.ModelProto()
+        extended.CopyFrom(model)
+        present = {o.name for o in extended.graph.output}
+        extended.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                     for n in names if n not in present)
+        session = make_session(extended, native=None if model is snn else False)
+        return dict(zip([o.name for o in session.get_outputs()],
+                        session.run(None, {session.get_inputs()[0].name: batch})))
+
+    spiking = outputs(snn, [p[0] for p in pairs])
+    analog = outputs(ann, [p[3] for p in pairs])
+    flipped = compared = 0
+    for name, is_train, steps, ann_name, theta in pairs:
+        counts = spiking[name]
+        if is_train:  # [T·B, ...] trains -> spikes per neuron
+            counts = (counts.reshape(steps, len(rows), *counts.shape[1:]) != 0).sum(axis=0)
+        levels = np.round(analog[ann_name] * steps / theta)
+        if counts.shape == levels.shape:
+            flipped += int(np.count_nonzero(counts != levels))
+            compared += counts.size
+    return Residue(len(rows), flipped, compared)
+
+
 def evaluate_snn(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str, data: str,
                  reference: Reference | None = None, batch_size: int | None = None, label: str | None = None):
     """SnnEvaluation(...).run(...) in one call."""

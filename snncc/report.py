@@ -50,6 +50,7 @@ class EvalReport:
     ann_macs: float | None = None  # per sample, counted on the ANN graph
     agreement: Agreement | None = None
     notes: list[str] = dataclasses.field(default_factory=list)
+    residue: object | None = None  # evaluate.Residue: flipped neurons of a lossless SNN
     logits: object = dataclasses.field(default=None, repr=False)  # the SNN's outputs (not in the JSON)
 
     # -------------------------------------------------------------- derived numbers, per sample
@@ -96,6 +97,7 @@ class EvalReport:
                 "macs_per_sample": self.ann_macs,
             },
             "agreement": dataclasses.asdict(self.agreement) if self.agreement else None,
+            "lossless_residue": dataclasses.asdict(self.residue) if self.residue else None,
             "neuron_layers": [
                 {"name": n.name, "source": n.source, "neurons": n.neurons, "steps": n.steps,
                  "spikes_per_sample": self.per_sample(n.spikes), "firing_rate": n.firing_rate(c.samples)}
@@ -143,7 +145,7 @@ class EvalReport:
             lines.append(f"agreement with the ANN: argmax {100 * a.argmax:.2f}%, max |logit difference| "
                          f"{a.max_abs_logit_diff:.3g}, within 1e-4*max|logit| on {100 * a.relative_close:.2f}% of inputs")
             if "qcfs-lossless" in meta.get("snncc.case", "").split(",") and a.relative_close < 1:
-                lines.append(f"  ({exactness_note(a, self.samples)})")
+                lines.append(f"  ({exactness_note(a, self.samples, self.residue)})")
         lines.extend(f"note: {note}" for note in self.notes)
         lines.append("")
         lines.append(_table(
@@ -172,16 +174,21 @@ class EvalReport:
 
 
 LOSSLESS_RESIDUE = (
-    "QCFS at T = T̃ is exact in real arithmetic; the residue is float rounding: the SNN adds the input "
-    "current of T steps in another order than the ANN, so a pre-activation within rounding of a firing "
-    "boundary (a QCFS level edge) can land on the other side, where that neuron fires one spike more or "
-    "less and its output moves by θ/T")
+    "QCFS at T = T̃ is exact in real arithmetic; the residue is float rounding: the SNN reaches each "
+    "pre-activation by other float operations than the ANN (a mean over the T steps, the firing test instead "
+    "of the QCFS division chain), so one within rounding of a firing boundary (a QCFS level edge) can land on "
+    "the other side: that neuron fires one spike more or less, its output moves by θ/T, and later layers follow")
 
 
-def exactness_note(agreement: Agreement, samples: int) -> str:
-    """Why a lossless SNN's logits are not all within 1e-4 of the ANN's, with how many inputs differ."""
+def exactness_note(agreement: Agreement, samples: int, residue=None) -> str:
+    """Why a lossless SNN's logits are not all within 1e-4 of the ANN's: how many inputs differ and,
+    when counted (`evaluate.Residue`), how many neurons fired another number of spikes there."""
     differing = round((1 - agreement.relative_close) * samples)
-    return f"{LOSSLESS_RESIDUE}; this touched {differing} of {samples} inputs"
+    text = f"{LOSSLESS_RESIDUE}; this touched {differing} of {samples} inputs"
+    if residue is not None:
+        text += (f": on {residue.inputs} of them, {residue.flipped:,} of {residue.compared:,} neurons fired another "
+                 "number of spikes than the ANN's level")
+    return text
 
 
 def levels_value(metadata: dict) -> int | list[int] | None:

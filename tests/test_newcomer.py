@@ -232,3 +232,36 @@ def test_batch_dims_are_named_n_and_t_times_n_and_true_at_run_time(folder, extra
     for value in float_values:
         expected = {"N": 3, "T*N": 12}[value.type.tensor_type.shape.dim[0].dim_param]
         assert outputs[value.name].shape[0] == expected, value.name
+
+
+# item 7: the footnote to "exact"
+def test_lossless_residue_counts_the_neurons_off_the_anns_levels(folder):
+    """Against an ANN whose first Conv bias is shifted, the neurons off its levels are exactly those
+    where the shifted ANN's levels differ from the true ANN's (the SNN equals the true ANN)."""
+    from snncc.evaluate import lossless_residue
+
+    snn, ann = onnx.load(folder / "model.snn.onnx"), onnx.load(folder / "model.onnx")
+    x = datasets.load("fashion-mnist", "test")[0][:6]
+    shifted = onnx.ModelProto()
+    shifted.CopyFrom(ann)
+    conv = next(n for n in shifted.graph.node if n.op_type == "Conv")
+    bias = next(t for t in shifted.graph.initializer if t.name == conv.input[2])
+    bias.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(bias) + np.float32(0.3), bias.name))
+    activations = [p.value.split(",")[-1] for n in snn.graph.node if n.op_type == "ParallelSpike"
+                   for p in n.metadata_props if p.key == "snncc.source"]
+    thetas = [float(onnx.numpy_helper.to_array(next(t for t in snn.graph.initializer if t.name == n.input[2])).max())
+              for n in snn.graph.node if n.op_type == "ParallelSpike"]
+    outputs = {n.name: n.output[0] for n in ann.graph.node}
+    levels = []
+    for model in (ann, shifted):
+        probe = onnx.ModelProto()
+        probe.CopyFrom(model)
+        probe.graph.output.extend(onnx.helper.make_tensor_value_info(outputs[a], onnx.TensorProto.FLOAT, None)
+                                  for a in activations)
+        run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+        levels.append([np.round(a * 4 / theta) for a, theta in zip(run[1:], thetas)])
+    expected = sum(int(np.count_nonzero(a != b)) for a, b in zip(*levels))
+    fake_snn_logits = np.zeros((len(x), 10), np.float32)  # every input "differs": all are examined
+    residue = lossless_residue(snn, shifted, x, fake_snn_logits, np.ones((len(x), 10), np.float32))
+    assert residue.inputs == len(x) and residue.compared == sum(a.size for a in levels[0]) and expected > 100
+    assert abs(residue.flipped - expected) <= max(2, expected // 1000)  # float ties of the SNN itself
