@@ -7,6 +7,7 @@ tiny synthetic idx files and on .npz/.npy specs run everywhere.
 from __future__ import annotations
 
 import gzip
+import re
 import struct
 
 import numpy as np
@@ -183,3 +184,29 @@ def test_datasets_differ():
     xm, _ = data.load("mnist", "test")
     xf, _ = data.load("fashion-mnist", "test")
     assert not np.array_equal(xm[:10], xf[:10])
+
+
+@pytest.mark.parametrize("x,needle", [
+    (np.full((2, 1, 28, 28), 255, np.uint8), "dtype uint8 (integer pixels?)"),
+    (np.array(["a", "b"]), "dtype <U1"),
+    (np.zeros((0, 1, 28, 28), np.float32), "no samples"),
+])
+def test_file_inputs_must_be_floating_point_samples(tmp_path, x, needle):
+    np.savez(tmp_path / "bad.npz", x=x)
+    np.save(tmp_path / "bad.npy", x)
+    for name in ("bad.npz", "bad.npy"):
+        with pytest.raises(SnnccError, match=re.escape(needle)):
+            data.load_spec(str(tmp_path / name))
+
+
+def test_max_samples_cuts_every_data_set(tmp_path, monkeypatch, fake_cache):
+    x = np.arange(5 * 4, dtype=np.float64).reshape(5, 1, 2, 2)
+    np.savez(tmp_path / "xy.npz", x=x, y=np.arange(5))
+    monkeypatch.setenv("SNNCC_MAX_SAMPLES", "3")
+    gx, gy = data.load_spec(str(tmp_path / "xy.npz"))
+    np.testing.assert_array_equal(gx, x[:3].astype(np.float32))
+    np.testing.assert_array_equal(gy, [0, 1, 2])
+    assert len(data.load_spec("mnist:test")[0]) == 3  # the fake cache holds 5
+    monkeypatch.setenv("SNNCC_MAX_SAMPLES", "0")
+    with pytest.raises(SnnccError, match="SNNCC_MAX_SAMPLES=0: expected a positive integer"):
+        data.load_spec(str(tmp_path / "xy.npz"))
