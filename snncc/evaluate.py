@@ -100,7 +100,7 @@ def check_labels(y: np.ndarray, count: int, source: str) -> np.ndarray:
     return y.astype(np.int64)
 
 
-def _check_label_range(y: np.ndarray, classes: int, source: str) -> None:
+def _check_label_range(y: np.ndarray, classes: int | None, source: str) -> None:
     if isinstance(classes, int) and len(y) and (y.min() < 0 or y.max() >= classes):
         raise SnnccError(f"labels {source}: values {int(y.min())}..{int(y.max())} outside the model's {classes} classes")
 
