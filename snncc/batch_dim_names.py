@@ -31,7 +31,7 @@ def _value_infos(graph: onnx.GraphProto):
     yield from graph.value_info
 
 
-def _probe_shapes(model: onnx.ModelProto, batch_name: str, batch: int) -> dict[str, list[int | None]]:
+def _probe_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int | None]]:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -53,7 +53,10 @@ def name_batch_dims(model: onnx.ModelProto, steps: int) -> None:
     batch_name = _batch_name(model)
     if batch_name is None:
         return
-    small, large = (_probe_shapes(model, batch_name, b) for b in _PROBES)
+    try:
+        small, large = (_probe_shapes(model, b) for b in _PROBES)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return  # the names are for readers; a graph that static inference cannot follow keeps its own
     for value in _value_infos(model.graph):
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.HasField("dim_value"):
