@@ -95,5 +95,5 @@ def test_compile_with_serial_if_neurons(resnet_ann):
     onnx.checker.check_model(result.model, full_check=True)
     x = nets.sample_inputs(64).numpy()
     assert nets.run(result.model, x)["logits"].shape == (64, 10)
-    with pytest.raises(SnnccError, match="fold-time"):
+    with pytest.raises(SnnccError, match="folding time needs parallel neurons"):
         CompileOptions(steps=4, neuron="if", fold_time=True)
