@@ -66,6 +66,9 @@ def _load_calibration(model, model_path: Path, calib_spec: str | None, calib_sam
     return data
 
 
+FOLD_HINT_STEPS = 16  # from this T on, compile suggests --fold-time
+
+
 class _OneLineUsageErrors(click.Group):
     """Bad options and arguments are user errors too: one line, exit 2."""
 
@@ -135,6 +138,9 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     click.echo(layer_table(result.layers))
     save_model(result.model, output)
     click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
+    if neuron == "parallel" and not fold_time and steps >= FOLD_HINT_STEPS:
+        click.echo(f"note: this time-expanded SNN runs its synaptic layers on T={steps} times the batch; "
+                   "--fold-time gives the same outputs with them run once", err=True)
     if print_runtime:
         from snncc.session import runtime_description
         click.echo(runtime_description(result.model))

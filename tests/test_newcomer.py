@@ -265,3 +265,10 @@ def test_lossless_residue_counts_the_neurons_off_the_anns_levels(folder):
     residue = lossless_residue(snn, shifted, x, fake_snn_logits, np.ones((len(x), 10), np.float32))
     assert residue.inputs == len(x) and residue.compared == sum(a.size for a in levels[0]) and expected > 100
     assert abs(residue.flipped - expected) <= max(2, expected // 1000)  # float ties of the SNN itself
+
+
+def test_compile_at_large_t_suggests_folding(folder):
+    expanded = snncc("compile", folder / "model.onnx", "--T", 16, "-o", folder / "t16.snn.onnx")
+    assert expanded.exit_code == 0 and "--fold-time gives the same outputs" in expanded.stderr
+    folded = snncc("compile", folder / "model.onnx", "--T", 16, "--fold-time", "-o", folder / "t16f.snn.onnx")
+    assert folded.exit_code == 0 and "--fold-time" not in folded.stderr
