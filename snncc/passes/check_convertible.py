@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from snncc.errors import ConversionError, Problem
 from snncc.passes._activation import is_activation
-from snncc.passes._batch_axis import linearity_problem, read_from_spikes
+from snncc.passes._batch_axis import linearity_problem, read_from_spikes, rule_of
 from snncc.passes._dataflow import Dataflow, Region, analyse
 from snncc.passes._graph import const_array, rank_of, source_of
 
@@ -34,10 +34,12 @@ def _attr(node: ir.Node, name: str, default=None):
 
 
 def _coefficient_problem(node: ir.Node, flow: Dataflow) -> str | None:
-    if node.op_type in _ANALOG_COEFFICIENTS:
+    """Weights (inputs outside the op's linear ones) may be constants; analog values only for
+    elementwise ops, which see them tiled over the T steps."""
+    linear = rule_of(node).linear
+    if node.op_type in _ANALOG_COEFFICIENTS or isinstance(linear, str):
         return None
-    spiking = set(flow.spiking_inputs(node))
-    if any(flow.of(v) is Region.ANALOG for i, v in enumerate(node.inputs) if i not in spiking):
+    if any(flow.of(v) is Region.ANALOG for i, v in enumerate(node.inputs) if i not in linear):
         return "its weights depend on the analog input"
     return None
 
