@@ -102,7 +102,7 @@ def analyse(graph: ir.Graph, static_batch: int | None = None) -> Dataflow:
 def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) -> None:
     # a read-out node reads the T-mean of its spiking inputs: batch B, as on the analog side
     spiking = [flow.of(v) is Region.SPIKING and not flow.is_readout(node) for v in node.inputs]
-    elements = [flow.elements.get(v) if v in flow.elements else _batch_axis.constant_elements(v) for v in node.inputs]
+    elements = [_contents(flow, v) for v in node.inputs]
     axes = [flow.batch_axis.get(v) if v is not None else None for v in node.inputs]
     if is_activation(node):
         axis = 0 if axes[0] is not None else None  # the neuron's output is time-major on axis 0
@@ -130,6 +130,11 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
         contents = _batch_axis.shape_elements(node, elements, axes, spiking)
         if contents is not None and contents.size <= _batch_axis.MAX_TRACKED:
             flow.elements[node.outputs[0]] = contents
+
+
+def _contents(flow: Dataflow, value: ir.Value | None):
+    constant = _batch_axis.constant_elements(value)
+    return constant if constant is not None else flow.elements.get(value)
 
 
 def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> None:
