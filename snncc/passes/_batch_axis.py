@@ -164,7 +164,7 @@ def broadcast(site: Site) -> int | None:
         if value is None or site.axes[i] is not None or dims is None:
             continue
         position = axis - (rank - len(dims))
-        if 0 <= position < len(dims) and dims[position] != 1:
+        if 0 <= position < len(dims) and dims[position] not in (1, None):
             raise NotExact(f"operand '{value.name}' has size {dims[position]} along the batch axis: "
                            "it would not broadcast over T·B rows")
     return axis
