@@ -325,15 +325,19 @@ def resize(site: Site) -> int:
 
 
 def pad(site: Site) -> int:
-    """Every Pad mode is a selection plus constants: exact unless it pads the batch axis."""
+    """Every Pad mode is a selection plus constants: exact unless it pads the batch axis. The pads
+    may be computed from the input's H and W (TF "same" padding): they are the same in the SNN."""
     axis = site.axis(0)
-    pads = site.const(1)
+    pads = site.elements[1]
     if pads is None:
-        raise NotExact("its pads are not constant")
-    axes = site.const_axes(3) if site.input(3) is not None else list(range(pads.size // 2))
-    begins, ends = pads[: len(axes)], pads[len(axes):]
-    if any(a == axis and (b or e) for a, b, e in zip(axes, begins, ends)):
-        raise NotExact("it pads the batch axis, which carries the time steps")
+        raise NotExact("its pads are not known")
+    pads = list(pads.reshape(-1))
+    if any(depends_on_batch(p) for p in pads):
+        raise NotExact("its pads depend on the batch size")
+    axes = site.const_axes(3) if site.input(3) is not None else list(range(len(pads) // 2))
+    for a, begin, end in zip(axes, pads[: len(axes)], pads[len(axes):]):
+        if a == axis and not all(isinstance(p, (int, np.integer)) and p == 0 for p in (begin, end)):
+            raise NotExact("it pads the batch axis, which carries the time steps")
     return axis
 
 
@@ -565,6 +569,52 @@ def linearity_problem(node: ir.Node, spiking: list[int]) -> str | None:
 
 # --- tracked contents of small integer tensors ---------------------------------------------------
 
+def _ints(array: np.ndarray | None) -> list[int] | None:
+    if array is None or not all(isinstance(v, (int, np.integer)) for v in array.reshape(-1)):
+        return None
+    return [int(v) for v in array.reshape(-1)]
+
+
+def _moved_elements(node: ir.Node, inputs: list[np.ndarray | None]) -> np.ndarray | None:
+    """Ops that only move or pick elements (Gather, Slice, Concat, Reshape, Transpose, ...)."""
+    op, data, attrs = node.op_type, inputs[0], node.attributes
+    if data.ndim == 0 and isinstance(data.item(), Unknown):
+        return None  # untracked contents: see _any
+    out_shape = node.outputs[0].shape
+    static_out = None if out_shape is None or not all(isinstance(d, int) for d in out_shape) else list(out_shape)
+    if op == "Gather" and data.ndim == 1 and _ints(inputs[1]) is not None:
+        indices = np.asarray(inputs[1].tolist(), dtype=np.int64)
+        picked = np.empty(indices.shape, dtype=object)
+        for index in np.ndindex(indices.shape):
+            picked[index] = data[indices[index]]
+        return picked
+    if op == "Slice":
+        params = [_ints(x) for x in inputs[1:]]
+        if len(params) < 2 or any(p is None for p in params):
+            return None
+        starts, ends = params[0], params[1]
+        axes = params[2] if len(params) > 2 else list(range(len(starts)))
+        steps = params[3] if len(params) > 3 else [1] * len(starts)
+        index = [slice(None)] * data.ndim
+        for a, b, e, s in zip(axes, starts, ends, steps):
+            index[a] = slice(b, e, s)
+        return data[tuple(index)]
+    if op == "Concat" and all(x is not None for x in inputs):
+        axis = attrs["axis"].as_int()
+        return np.concatenate(inputs, axis=axis)
+    if op == "Transpose":
+        perm = attrs["perm"].as_ints() if "perm" in attrs else None
+        return np.transpose(data, perm)
+    if op in ("Reshape", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Cast", "CastLike"):
+        if op in ("Identity", "Cast", "CastLike"):
+            return data
+        if static_out is not None and int(np.prod(static_out, dtype=np.int64)) == data.size:
+            return data.reshape(static_out)
+        if data.size <= 1:
+            return data.reshape(()) if op == "Squeeze" else data.reshape(-1)
+    return None
+
+
 _ELEMENTWISE_INT = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Ceil", "Floor", "Max", "Min",
                               "Clip", "Cast", "Where", "Equal", "Less", "Greater", "Not", "Sqrt", "Round",
                               "Identity", "Sign", "Reciprocal", "Pow", "CastLike"})
@@ -598,29 +648,16 @@ def shape_elements(node: ir.Node, inputs: list[np.ndarray | None], axes: list[in
         return np.array(dims[start:end] + [None], dtype=object)[:-1]
     if op == "Size":
         return np.array(Unknown(axes[0] is not None, spiking[0]), dtype=object)
+    if op == "ConstantOfShape" and inputs[0] is not None and all(isinstance(d, (int, np.integer)) for d in inputs[0].reshape(-1)):
+        shape = [int(d) for d in inputs[0].reshape(-1)]
+        fill = attrs["value"].as_tensor().numpy().reshape(-1)[0] if "value" in attrs else 0.0
+        return np.full(shape, fill.item() if hasattr(fill, "item") else fill, dtype=object) if int(np.prod(shape)) <= MAX_TRACKED else None
     if inputs and inputs[0] is not None:
-        data = inputs[0]
-        if op == "Gather" and inputs[1] is not None and data.ndim == 1 and all(isinstance(i, (int, np.integer)) for i in inputs[1].reshape(-1)):
-            indices = np.asarray(inputs[1].tolist(), dtype=np.int64)
-            picked = np.empty(indices.shape, dtype=object)
-            for index in np.ndindex(indices.shape):
-                picked[index] = data[indices[index]]
-            return picked
-        if op == "Slice" and data.ndim == 1 and all(x is not None for x in inputs[1:3]):
-            params = [x.reshape(-1).tolist() for x in inputs[1:] if x is not None]
-            if all(isinstance(p, (int, np.integer)) for ps in params for p in ps) and len(params[0]) == 1:
-                step = int(params[3][0]) if len(params) > 3 else 1
-                return data[int(params[0][0]):int(params[1][0]):step]
-        if op == "Concat" and all(x is not None and x.ndim == 1 for x in inputs):
-            return np.concatenate(inputs)
-        if op in ("Unsqueeze", "Squeeze", "Reshape", "Flatten") and data.size <= 1:
-            return data.reshape(-1) if op != "Squeeze" else data.reshape(())
-        if op in ("Unsqueeze", "Reshape") and data.ndim <= 1:
-            return data.reshape(-1)
+        moved = _moved_elements(node, inputs)
+        if moved is not None:
+            return moved
     if op in _ELEMENTWISE_INT and all(x is not None for x in inputs if x is not None):
         known = [x for x in inputs if x is not None]
-        if op in ("Cast", "Identity", "CastLike") and known:
-            return inputs[0]
         try:
             shape = np.broadcast_shapes(*(x.shape for x in known))
         except ValueError:

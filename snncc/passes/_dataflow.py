@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+import numpy as np
 import onnx_ir as ir
 
 from snncc.passes import _batch_axis
@@ -133,8 +134,13 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
 
 
 def _contents(flow: Dataflow, value: ir.Value | None):
+    """Tracked contents of an input; an untracked shape computation may hold anything, the batch too."""
     constant = _batch_axis.constant_elements(value)
-    return constant if constant is not None else flow.elements.get(value)
+    if constant is not None or value is None:
+        return constant
+    if value not in flow.elements and flow.of(value) is Region.SHAPE:
+        return np.array(_batch_axis.Unknown(True, True), dtype=object)
+    return flow.elements.get(value)
 
 
 def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> None:
