@@ -26,6 +26,7 @@ import pytest
 from snncc.calibration.dataset import CalibrationData
 from snncc.compiler import CompileOptions, compile_model
 from snncc.errors import ConversionError, SnnccError
+from snncc.inspection import describe
 from tests import equivalence
 
 torch = pytest.importorskip("torch")
@@ -356,6 +357,7 @@ def test_silu_only_model_names_what_it_found(exporter, opset):
     ann = export("silu", exporter, opset)
     with pytest.raises(SnnccError, match=r"2 SiLU activations: snncc converts ReLU-family activations only"):
         compile_model(ann, _options(ann, 4))
+    assert "not convertible: 2 SiLU activations" in describe(ann, "silu.onnx")
 
 
 # torch exports LocalResponseNorm decomposed: x·x (a product of trains), average pooling, Pow, Div.

@@ -201,6 +201,15 @@ def reduce(site: Site) -> int | None:
     return axis if site.attr("keepdims", 1) else _removed_before(axis, axes)
 
 
+def reduce_along(default: int) -> Callable[[Site], int]:
+    """ArgMax/ArgMin: one axis, reduced unless keepdims."""
+    def rule(site: Site) -> int:
+        axis = _along(site, default)
+        along = site.normalised([site.attr("axis", default)], site.rank())[0]
+        return axis if site.attr("keepdims", 1) else _removed_before(axis, [along])
+    return rule
+
+
 def _along(site: Site, default: int | None) -> int:
     """For ops that work along one axis (Concat, Split, Softmax): not the batch axis."""
     axis = _data_axis(site)
@@ -221,6 +230,24 @@ def concat(site: Site) -> int:
 
 def along_axis(default: int | None) -> Callable[[Site], int]:
     return lambda site: _along(site, default)
+
+
+def cumsum(site: Site) -> int:
+    axis = site.axis(0)
+    along = site.const(1)
+    if along is None:
+        raise NotExact("its axis is not constant")
+    if site.normalised(along.reshape(-1).tolist(), site.rank())[0] == axis:
+        raise NotExact("it sums along the batch axis, which carries the time steps")
+    return axis
+
+
+def last_two_axes(site: Site) -> int:
+    """Trilu works on the last two axes; the batch must be before them."""
+    rank = site.rank()
+    if rank is None or site.axis(0) >= rank - 2:
+        raise NotExact("it works on the batch axis")
+    return site.axis(0)
 
 
 def transpose(site: Site) -> int:
@@ -521,6 +548,13 @@ RULES: dict[str, Rule] = {
     "ReduceMean": Rule(reduce, (0,)), "ReduceSum": Rule(reduce, (0,)),
     **{op: Rule(reduce, ()) for op in ("ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+    "ArgMax": Rule(reduce_along(0), ()), "ArgMin": Rule(reduce_along(0), ()),
+    "TopK": Rule(along_axis(-1), ()),
+    "CumSum": Rule(cumsum, (0,)),
+    "Trilu": Rule(last_two_axes, (0,)),
+    "Dropout": Rule(keep_axis, (0,)),
+    "GroupNormalization": Rule(batch_first, ()), "MeanVarianceNormalization": Rule(batch_first, ()),
+    "LpNormalization": Rule(along_axis(-1), ()),
     "Softmax": Rule(along_axis(-1), ()), "LogSoftmax": Rule(along_axis(-1), ()), "Hardmax": Rule(along_axis(-1), ()),
     "LayerNormalization": Rule(along_axis(-1), ()),
     "Concat": Rule(concat, "all"),
