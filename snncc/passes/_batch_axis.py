@@ -392,10 +392,6 @@ def tile(site: Site) -> int:
     return _repeat_entries(site, "repeats")
 
 
-def depth_space(site: Site) -> int:
-    return batch_first(site)
-
-
 def matmul(site: Site) -> int:
     """x @ W: rows stay rows; the batch axis must not be the contracted one."""
     spiking = [i for i in (0, 1) if site.axes[i] is not None]
@@ -539,8 +535,8 @@ RULES: dict[str, Rule] = {
     "GlobalMaxPool": Rule(batch_first, ()),
     "LpPool": Rule(batch_first, ()), "GlobalLpPool": Rule(batch_first, ()),
     "LRN": Rule(batch_first, ()), "InstanceNormalization": Rule(batch_first, ()),
-    "DepthToSpace": Rule(depth_space, (0,)),
-    "SpaceToDepth": Rule(depth_space, (0,)),
+    "DepthToSpace": Rule(batch_first, (0,)),
+    "SpaceToDepth": Rule(batch_first, (0,)),
     "BatchNormalization": Rule(not_channel_axis, (0,)),
     "MatMul": Rule(matmul, (0, 1)),
     "Gemm": Rule(gemm, (0,)),
