@@ -213,6 +213,17 @@ def test_reshape_that_drops_the_static_batch_is_refused_by_name():
         MakeBatchDynamicPass("net.onnx")(model)
 
 
+def test_constant_part_with_the_static_batch_is_refused_by_name():
+    """A constant of batch 1 concatenated to the data would make calibration (batches) fail in ONNX Runtime."""
+    model = graphs.ir_model("""g (float[1,3,6,6] x) => (float[1,4,6,6] y) <float[1,1,6,6] c = {%s}> {
+        y = Concat <axis: int = 1> (x, c)
+    }""" % ",".join(["0.5"] * 36))
+    FoldConstantsPass()(model)
+    model.graph.node(0).name = "y"
+    with pytest.raises(SnnccError, match="^net.onnx: node 'y' \\(Concat\\).*fixed batch size"):
+        MakeBatchDynamicPass("net.onnx")(model)
+
+
 # --- match_activations -----------------------------------------------------------------------
 
 def _qcfs_text(first="Div (x, theta)", last="Div (f, levels)", mul_order="Mul (c, levels)", theta="4.0", levels="4.0",

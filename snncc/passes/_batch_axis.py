@@ -33,6 +33,10 @@ class NotExact(Exception):
     """The op mixes time steps or batch entries; the message says how."""
 
 
+class FixedBatch(NotExact):
+    """A constant part has the exported batch size: the graph runs at that batch size only."""
+
+
 class LostUpstream(NotExact):
     """An input that must carry the batch does not: the node that lost it is reported instead."""
 
@@ -223,8 +227,10 @@ def _along(site: Site, default: int | None) -> int:
 
 def concat(site: Site) -> int:
     axis = _along(site, None)
-    if any(a != axis for a, v in zip(site.axes, site.node.inputs) if v is not None):
-        raise NotExact("its inputs do not all carry the batch on the same axis (a constant part has a fixed batch size)")
+    if any(a is None for a, v in zip(site.axes, site.node.inputs) if v is not None):
+        raise FixedBatch("a part of it carries no batch axis: a constant or shape-computed part has a fixed batch size")
+    if any(a != axis for a in site.axes):
+        raise NotExact("its inputs carry the batch on different axes")
     return axis
 
 
@@ -368,28 +374,30 @@ def pad(site: Site) -> int:
     return axis
 
 
-def _repeat_entries(site: Site, what: str) -> int:
-    axis = site.axis(0)
+def expand(site: Site) -> int | None:
+    """Broadcast to a target shape: the batch axis must stay as it is (target 1 or the batch read
+    from a tensor). A constant expanded to a read batch size (a class token) gains that axis."""
     entries = site.elements[1]
     if entries is None:
-        raise NotExact(f"its {what} are not known")
-    entries = entries.reshape(-1)
+        raise NotExact("its target shape is not known")
+    entries = list(entries.reshape(-1))
+    if site.axes[0] is None:
+        batch = [i for i, e in enumerate(entries) if isinstance(e, BatchDim)]
+        return batch[0] if len(batch) == 1 else None
+    axis = site.axes[0]
     position = axis + len(entries) - (site.rank() or 0)
-    if what == "repeats":
-        if position < len(entries) and entries[position] != 1:
-            raise NotExact("it repeats the batch axis")
-        return axis
     if 0 <= position < len(entries) and not (entries[position] == 1 or isinstance(entries[position], BatchDim)):
         raise NotExact(f"it expands the batch axis to {entries[position]}")
     return max(axis, position)
 
 
-def expand(site: Site) -> int:
-    return _repeat_entries(site, "shape")
-
-
 def tile(site: Site) -> int:
-    return _repeat_entries(site, "repeats")
+    repeats = site.const(1)
+    if repeats is None:
+        raise NotExact("its repeats are not constant")
+    if repeats.reshape(-1)[site.axis(0)] != 1:
+        raise NotExact("it repeats the batch axis")
+    return site.axis(0)
 
 
 def matmul(site: Site) -> int:

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from snncc.passes import _batch_axis
 from snncc.passes._activation import is_activation
-from snncc.passes._batch_axis import LostUpstream, NotExact, Site
+from snncc.passes._batch_axis import FixedBatch, LostUpstream, NotExact, Site
 
 
 class Region(enum.Enum):
@@ -47,6 +47,7 @@ class Dataflow:
     batch_axis: dict[ir.Value, int] = dataclasses.field(default_factory=dict)  # values that carry a batch
     elements: dict[ir.Value, object] = dataclasses.field(default_factory=dict)  # tracked integer contents
     mixes_batch: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # why a node loses the batch axis
+    fixed_batch: set[ir.Node] = dataclasses.field(default_factory=set)  # run at the exported batch size only
     lost_upstream: set[ir.Node] = dataclasses.field(default_factory=set)  # an input lost its axis before
     bad_batch_read: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # uses T·B where B is meant, or the reverse
     batch_entry: dict[ir.Node, int] = dataclasses.field(default_factory=dict)  # Reshape: target entry of the batch
@@ -121,6 +122,8 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
             axis = None
         except NotExact as reason:
             flow.mixes_batch[node] = str(reason)
+            if isinstance(reason, FixedBatch):
+                flow.fixed_batch.add(node)
             axis = None
         if site.batch_entry is not None:
             flow.batch_entry[node] = site.batch_entry

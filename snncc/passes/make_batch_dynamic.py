@@ -7,8 +7,8 @@ holds the batch; that entry becomes -1 (or 0, copying the batch from the same ax
 
 Invariant after the pass: dimension 0 of every graph input and output is the symbol `N`, and no
 Reshape on the data path hard-codes the exported batch size, so the graph runs at any batch size,
-including the T*B batch of the spiking graph. A Reshape whose batch entry cannot be found is
-refused with an SnnccError naming it.
+including the T*B batch of the spiking graph. A Reshape whose batch entry cannot be found, or a
+Concat with a constant part of the exported batch size, is refused with an SnnccError naming it.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
 
     def _free_reshapes(self, graph: ir.Graph, batch: int) -> bool:
         flow = analyse(graph, static_batch=batch)
+        for node in [n for n in graph if n in flow.fixed_batch]:
+            raise SnnccError(f"{self.source}: node '{source_of(node)}' ({node.op_type}): {flow.mixes_batch[node]} "
+                             f"(the exported batch size {batch}); export the model with a dynamic batch axis")
         names = NameGenerator(graph)
         modified = False
         for node in graph:
