@@ -131,19 +131,25 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
         if axis is not None:
             flow.batch_axis[out] = axis
     if axis is None and node.outputs and flow.of(node.outputs[0]) in (Region.SHAPE, Region.CONSTANT):
-        contents = _batch_axis.shape_elements(node, elements, axes, spiking)
-        if contents is not None and contents.size <= _batch_axis.MAX_TRACKED:
-            flow.elements[node.outputs[0]] = contents
+        _track_contents(flow, node, elements, axes, spiking)
+
+
+def _track_contents(flow: Dataflow, node: ir.Node, elements: list, axes: list, spiking: list[bool]) -> None:
+    """Element by element where the op allows; else, for a shape computation, one marker saying it
+    may hold the batch size (T·B if it reads a spiking tensor)."""
+    contents = _batch_axis.shape_elements(node, elements, axes, spiking)
+    if contents is not None and contents.size <= _batch_axis.MAX_TRACKED and len(node.outputs) == 1:
+        flow.elements[node.outputs[0]] = contents
+    elif flow.of(node.outputs[0]) is Region.SHAPE:
+        from_spikes = any(spiking) or any(_batch_axis.read_from_spikes(e) for c in elements if c is not None
+                                          for e in c.reshape(-1))
+        for out in node.outputs:
+            flow.elements[out] = np.array(_batch_axis.Unknown(True, from_spikes), dtype=object)
 
 
 def _contents(flow: Dataflow, value: ir.Value | None):
-    """Tracked contents of an input; an untracked shape computation may hold anything, the batch too."""
     constant = _batch_axis.constant_elements(value)
-    if constant is not None or value is None:
-        return constant
-    if value not in flow.elements and flow.of(value) is Region.SHAPE:
-        return np.array(_batch_axis.Unknown(True, True), dtype=object)
-    return flow.elements.get(value)
+    return constant if constant is not None or value is None else flow.elements.get(value)
 
 
 def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> None:
