@@ -129,8 +129,9 @@ class AdaptivePoolHead(nn.Module):
 
 
 class ShuffleAndFlatten(nn.Module):
-    """ShuffleNet's channel shuffle (view(b, g, c/g, h, w)) and a view(b, -1) flatten: with a batch-1
-    example and no dynamic axes the exporters hard-code the batch 1 in the Reshape targets."""
+    """ShuffleNet's channel shuffle (view(b, g, c/g, h, w)), an upsampling to a given size and a
+    view(b, -1) flatten: with a batch-1 example and no dynamic axes the exporters hard-code the
+    batch 1 in the Reshape targets and the Resize sizes."""
 
     def __init__(self):
         super().__init__()
@@ -143,6 +144,7 @@ class ShuffleAndFlatten(nn.Module):
         x = F.relu(self.stem(x))
         b, c, h, w = x.shape
         x = x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+        x = F.interpolate(F.avg_pool2d(x, 2), size=(h, w), mode="nearest")  # Resize to sizes [1, 4, 8, 8]
         x = F.relu(self.conv(x))[:, :4]
         return self.head(F.relu(self.fc(x.reshape(x.size(0), -1))))
 

@@ -328,14 +328,17 @@ def gather_nd(site: Site) -> int:
 
 
 def _batch_unchanged(site: Site, entries, what: str) -> None:
-    """A per-axis size or factor list that must leave the batch axis as it is."""
+    """A per-axis factor (1) or size (the batch read from the input, or the exported static batch,
+    which make_batch_dynamic then reads from the input) that leaves the batch axis as it is."""
     axis = site.axis(0)
     if entries is None:
         return
-    entries = np.asarray(entries, dtype=object).reshape(-1)
-    if axis < len(entries) and not (entries[axis] == 1 if what == "factor" else isinstance(entries[axis], BatchDim)):
-        raise NotExact(f"its {what} for the batch axis ({entries[axis]}) is not "
-                       f"{'1' if what == 'factor' else 'the batch size read from its input'}")
+    entry = np.asarray(entries, dtype=object).reshape(-1)[axis]
+    if what == "factor":
+        if entry != 1:
+            raise NotExact(f"its factor for the batch axis is {entry}, not 1")
+    elif not (isinstance(entry, BatchDim) or (site.static_batch is not None and entry == site.static_batch)):
+        raise NotExact(f"its size for the batch axis ({entry}) is not the batch size read from its input")
 
 
 def resize(site: Site) -> int:
