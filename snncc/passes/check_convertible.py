@@ -19,7 +19,8 @@ import onnx_ir as ir
 
 from snncc.errors import ConversionError, Problem
 from snncc.passes._activation import is_activation
-from snncc.passes._batch_axis import linearity_problem, read_from_spikes, rule_of
+from snncc.passes._batch_axis import linearity_problem, rule_of
+from snncc.passes._shape_contents import read_from_spikes
 from snncc.passes._dataflow import Dataflow, Region, analyse
 from snncc.passes._graph import const_array, rank_of, source_of
 
