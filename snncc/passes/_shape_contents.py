@@ -2,8 +2,9 @@
 
 Each element is an int (known), a `BatchDim` (exactly the batch size of a data value: T·B in the
 spiking graph if read from a spiking tensor, else B) or an `Unknown` (computed; `batch` if it
-depends on a batch size). Shape reads, Gather/Slice/Concat/Reshape/Transpose of them, ConstantOfShape
-and elementwise arithmetic are followed; anything else is one Unknown for the whole tensor.
+depends on a batch size). Shape reads, Gather/Slice/Concat/Reshape/Transpose of them,
+ConstantOfShape and elementwise arithmetic are followed; anything else is one Unknown for the
+whole tensor.
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ def depends_on_batch(element) -> bool:
 
 def read_from_spikes(element) -> bool:
     return isinstance(element, (BatchDim, Unknown)) and element.spiking
-
 
 
 def _ints(array: np.ndarray | None) -> list[int] | None:
