@@ -32,7 +32,7 @@ from snncc.passes.fold_batchnorm import FoldBatchNormPass
 from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
 from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
-from snncc.passes.match_activations import MatchActivationsPass
+from snncc.passes.match_activations import MatchActivationsPass, other_activations
 from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
 from snncc.passes.name_nodes import NameUnnamedNodesPass
 from snncc.passes.remove_no_ops import RemoveNoOpsPass
@@ -84,7 +84,7 @@ class CompileResult:
     layers: list[LayerSummary]
 
 
-def canonicalize(model: ir.Model) -> None:
+def canonicalize(model: ir.Model, source: str = "model") -> None:
     """Passes that bring any exporter's graph to one form; shared by compile and inspect."""
     # One by one: ir.passes.Sequential would wrap a user error (SnnccError) in a PassError.
     for canonical_pass in (
@@ -94,7 +94,7 @@ def canonicalize(model: ir.Model) -> None:
         FoldConstantsPass(),
         RemoveNoOpsPass(),
         FoldBatchNormPass(),
-        MakeBatchDynamicPass(),
+        MakeBatchDynamicPass(source),
     ):
         canonical_pass(model)
 
@@ -103,20 +103,29 @@ def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
     return model if isinstance(model, ir.Model) else ir.from_proto(model)
 
 
-def analyse_activations(model: ir.Model) -> ir.Model:
+def analyse_activations(model: ir.Model, source: str = "model") -> ir.Model:
     """Canonicalise, match activations and move MaxPools: the ANN as snncc understands it."""
-    canonicalize(model)
+    canonicalize(model, source)
     MatchActivationsPass()(model)
     MoveMaxPoolAfterActivationPass()(model)
     ir.passes.common.TopologicalSortPass()(model)
     return model
 
 
+def describe_missing_activations(graph: ir.Graph) -> str:
+    """Why a graph without ReLU-family activations has nothing to convert, naming what it has instead."""
+    others = other_activations(graph)
+    found = ", ".join(f"{count} {name}" for name, count in sorted(others.items(), key=lambda kv: -kv[1]))
+    if not found:
+        return "no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons"
+    return f"{found} activation{'s' if sum(others.values()) > 1 else ''}: snncc converts ReLU-family activations only (ReLU, ReLU6/Clip, QCFS)"
+
+
 def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
     source = options.source
     activations = [n for n in model.graph if is_activation(n)]
     if not activations:
-        raise SnnccError(f"{source}: no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons")
+        raise SnnccError(f"{source}: {describe_missing_activations(model.graph)}")
     if options.levels is not None and not any(read_activation(n).kind == QCFS for n in activations):
         raise SnnccError(f"{source}: QCFS levels T̃ = {options.levels} given, but the model has no QCFS activation "
                          "(its ReLU/Clip thresholds come from calibration data)")
@@ -137,7 +146,7 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
     """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
-    graph_model = analyse_activations(to_ir(model))
+    graph_model = analyse_activations(to_ir(model), options.source)
     _check_data_needs(graph_model, options)
     SetQcfsParametersPass(options.steps, options.levels)(graph_model)
     calibration = {"done": False}
