@@ -9,8 +9,9 @@ The op runs through ONNX Runtime with I/O binding to preallocated arrays (no all
   dense     native, every step compared (SNNCC_NEURON_ALGO=dense)
   binary    native, binary search for the first firing step (the default)
   closed    native, closed-form spike count
-  baseline  binary, with the kernels' baseline instruction-set variant (SNNCC_CPU_VARIANT=baseline;
-            the others run the variant the library picks for this CPU: AVX where it has it)
+  binary, V binary with the kernels' instruction-set variant V (SNNCC_CPU_VARIANT=V), for every
+            variant this CPU runs: baseline (SSE2), avx, avx2, avx512; the other native methods run
+            the variant the library picks for this CPU, its best
   serial IF the native snn.SerialIF kernel on the same currents (the baseline neuron, step by step)
 Where T·N would exceed the memory cap, N is scaled down for that T; the table says so.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import ctypes
 import json
 import os
 import platform
@@ -68,6 +70,24 @@ def layer_model(steps: int, channels: int, op_type: str = "ParallelSpike") -> on
     return oh.make_model(graph, opset_imports=opsets, functions=function_library())
 
 
+VARIANTS = ("baseline", "avx", "avx2", "avx512")
+# The CPU flags that say which variant can run (runtime/CMakeLists.txt), reported with the figures.
+REPORTED_FLAGS = ("avx", "f16c", "fma", "avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq")
+
+
+def library_variant(variant: str = "") -> str:
+    """The kernels' variant that the library runs with SNNCC_CPU_VARIANT=variant ("": its choice
+    for this CPU), or its "error: ..." when this build or CPU lacks it."""
+    report = ctypes.CDLL(str(native_library_path())).SnnccCpuVariant
+    report.restype = ctypes.c_char_p
+    os.environ["SNNCC_CPU_VARIANT"] = variant
+    return report().decode()
+
+
+def variants_here() -> list[str]:
+    return [v for v in VARIANTS if library_variant(v) == v]
+
+
 def best_seconds(runners: dict, repeats: int) -> dict[str, float]:
     """Best of `repeats` timed runs per method; the methods take turns, so that a burst of load
     from elsewhere on the machine does not hit one method only."""
@@ -110,7 +130,7 @@ def copy_runner(x: np.ndarray, y: np.ndarray, pool: concurrent.futures.ThreadPoo
     return lambda: list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
 
 
-def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
+def measure(steps: int, neurons: int, threads: int, repeats: int, pool, variants: list[str]) -> dict:
     rows = neurons // CHANNELS
     x = np.random.default_rng(steps).random((steps * rows, CHANNELS), dtype=np.float32) * 3 - 0.5
     y = np.empty_like(x)
@@ -119,7 +139,8 @@ def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
         "copy": copy_runner(x, y, pool, threads),
         "function": op_runner(model, x, y, native=False, algorithm="binary", threads=threads),
         **{a: op_runner(model, x, y, native=True, algorithm=a, threads=threads) for a in ("dense", "binary", "closed")},
-        "baseline": op_runner(model, x, y, native=True, algorithm="binary", threads=threads, variant="baseline"),
+        **{f"binary, {v}": op_runner(model, x, y, native=True, algorithm="binary", threads=threads, variant=v)
+           for v in variants},
         "serial IF": op_runner(layer_model(steps, CHANNELS, "SerialIF"), x, y, native=True, algorithm="binary",
                                threads=threads),
     }
@@ -139,32 +160,38 @@ def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                 platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+    return {"cpu": model, "cpu_flags": [f for f in REPORTED_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
+            "memory_gib": round(memory / 2**30, 1), "kernel_variant": library_variant(),
             "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "load_average_1min_at_start": os.getloadavg()[0]}
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    variants = report["variants"]
+    methods = ["function", "dense", "binary", "closed", *(f"binary, {v}" for v in variants), "serial IF"]
     lines = [
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
+        f"Machine: {m['cpu']} (flags: {' '.join(m['cpu_flags'])}; the kernels' variant by default: "
+        f"{m['kernel_variant']}), {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
         f"{m['onnxruntime']}, numpy {m['numpy']}; load average {m['load_average_1min_at_start']:.1f} when the run "
         f"started (other jobs on the machine). {report['threads']} threads for every method "
         f"(ORT intra-op threads, not spinning; copy: numpy.copyto on a thread pool of that size). float32, per-channel "
         f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written "
         "(2·T·N·4); in brackets the ratio to the copy.",
         "",
-        "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary, baseline ISA | serial IF "
-        "| binary vs function | serial IF / binary (time) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| T | neurons N | MB moved | copy GB/s | " + " | ".join(methods) + " | binary vs function "
+        "| serial IF / binary (time) |",
+        "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     for r in report["results"]:
         g, q = r["gb_per_s"], r["ratio_to_copy"]
         scaled = "" if r["neurons"] >= report["neurons"] else " (scaled down: memory cap)"
-        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in ("function", "dense", "binary", "closed", "baseline", "serial IF")]
+        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in methods]
         serial_vs_binary = r["seconds"]["serial IF"] / r["seconds"]["binary"]
         lines.append(f"| {r['T']} | {r['neurons']:,}{scaled} | {r['bytes_moved'] / 1e6:,.0f} | {g['copy']:.2f} | "
                      + " | ".join(cells) + f" | {r['speedup_vs_function']['binary']:.1f}× | {serial_vs_binary:.2f} |")
@@ -230,13 +257,14 @@ def main() -> None:
 
     info = machine()
     cap = args.memory_cap_gb * 1e9 if args.memory_cap_gb else info["memory_gib"] * 2**30 * 0.6
+    variants = variants_here()
     report = {"machine": info, "threads": args.threads, "repeats": args.repeats, "neurons": args.neurons,
-              "memory_cap_bytes": int(cap), "results": []}
+              "memory_cap_bytes": int(cap), "variants": variants, "results": []}
     with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
         for steps in args.steps:
             neurons = min(args.neurons, int(cap // (BYTES_PER_ELEMENT_PEAK * steps)))
             neurons -= neurons % (CHANNELS * 16)
-            report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool))
+            report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool, variants))
     table = markdown(report)
     print(table, file=sys.stderr)
     if args.json:
