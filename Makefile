@@ -8,7 +8,7 @@ CACHE  := .cache
 DATA   := $(CACHE)/data
 DEMO_MODEL := models/fmnist_qcfs_vgg_t4.onnx
 
-.PHONY: setup venv data native browser demo test clean
+.PHONY: setup venv data native browser demo test gpu-check clean
 
 setup: venv data native
 
@@ -49,6 +49,12 @@ browser:
 
 test: setup browser
 	$(PY) -m pytest
+
+# The GPU check (benchmarks/gpu/run.sh): builds the CUDA kernels, tests and times them on this
+# machine's GPU, and writes summary.json and summary.md into $(OUT).
+OUT ?= out/gpu
+gpu-check:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),python3) bash benchmarks/gpu/run.sh $(OUT)
 
 clean:
 	rm -rf $(VENV) $(CACHE) runtime/build

@@ -218,9 +218,10 @@ two contiguous arrays; the neuron reads each neuron's T currents from T rows N v
 row per step, in pieces of 4096 neurons, four rows at a time, overlapped with writing the previous
 piece's output rows), a pattern that streams less well, and it adds per-neuron work (sum, parameter
 gather, search) that weighs most at small T. The three native algorithms differ little beyond the
-noise. The native columns except "baseline" run the kernels' AVX variant (8 floats per
-instruction; runtime/README.md), "baseline" the SSE2 one that any x86-64 CPU runs: where the
-kernel streams memory the two are close. The serial IF kernel reads and writes the same bytes
+noise. The native columns run the best kernel variant of the CPU (runtime/README.md; named in the
+machine line), the "binary, V" columns each variant that the CPU runs, from baseline (SSE2, 4
+floats per instruction: any x86-64) to avx512 (16): where the kernel streams memory, the widths
+are close, since the copy bounds them all. The serial IF kernel reads and writes the same bytes
 once, four steps per pass over a piece (its membranes stay in registers and cache), so it is
 bound by the same copy. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
 copies) and runs them as separate ops. Timings on a shared virtual machine vary by tens of percent
