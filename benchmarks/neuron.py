@@ -13,6 +13,8 @@ The op runs through ONNX Runtime with I/O binding to preallocated arrays (no all
             variant this CPU runs: baseline (SSE2), avx, avx2, avx512; the other native methods run
             the variant the library picks for this CPU, its best
   serial IF the native snn.SerialIF kernel on the same currents (the baseline neuron, step by step)
+A second table times every kernel variant on small layers (ParallelSpike, SerialIF, SpikeCount)
+on one thread, in CPU time, where they compute rather than wait for memory.
 Where T·N would exceed the memory cap, N is scaled down for that T; the table says so.
 
     python benchmarks/neuron.py [--neurons 16777216] [--steps 4 8 ...] [--threads 2]
@@ -38,7 +40,7 @@ import onnx.numpy_helper as onh
 import onnxruntime as ort
 
 from _docs import replace_section
-from snncc.ops import DOMAIN, TARGET_OPSET, function_library
+from snncc.ops import DOMAIN, PARAMETER_INPUTS, TARGET_OPSET, function_library
 from snncc.session import native_library_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,13 +53,15 @@ BYTES_PER_ELEMENT_PEAK = 24
 
 
 def layer_model(steps: int, channels: int, op_type: str = "ParallelSpike") -> onnx.ModelProto:
-    """One ParallelSpike (or SerialIF) on X [T*N/C, C] with per-channel parameters."""
+    """One ParallelSpike (or SerialIF, or SpikeCount on the mean currents) on X [rows, C] with
+    per-channel parameters."""
     rng = np.random.default_rng(0)
-    params = {
+    values = {
         "theta_pre": rng.uniform(0.5, 1.5, channels),
         "theta_post": rng.uniform(0.5, 1.5, channels),
         "psi": rng.uniform(-0.1, 0.1, channels),
     }
+    params = {k: values[k] for k in PARAMETER_INPUTS[op_type] if k in values}  # (no rate_per_spike)
     node = oh.make_node(op_type, ["X", *params], ["Y"], domain=DOMAIN, T=steps)
     graph = oh.make_graph(
         [node],
@@ -121,6 +125,47 @@ def op_runner(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, *, native: b
     binding.bind_cpu_input("X", x)
     binding.bind_output("Y", "cpu", 0, np.float32, list(y.shape), y.ctypes.data)
     return lambda: session.run_with_iobinding(binding)
+
+
+# The layers timed per kernel variant: (op, T); SpikeCount reads one mean current per neuron.
+VARIANT_LAYERS = (("ParallelSpike", 4), ("ParallelSpike", 16), ("SerialIF", 16), ("SpikeCount", 16))
+VARIANT_NEURONS = 65536  # per step: T = 16 reads and writes 8 MiB, which stays in the last-level cache
+
+
+def variant_cpu_times(variants: list[str], repeats: int) -> list[dict]:
+    """Each VARIANT_LAYERS layer with each kernel variant on one thread, timed in CPU time
+    (time.process_time: what this process used, so that other jobs on the machine, which take
+    wall time away, count less): best of `repeats` runs, in ns per output value."""
+    results = []
+    for op_type, steps in VARIANT_LAYERS:
+        rows = (1 if op_type == "SpikeCount" else steps) * VARIANT_NEURONS // CHANNELS
+        x = np.random.default_rng(steps).random((rows, CHANNELS), dtype=np.float32) * 3 - 0.5
+        y = np.empty_like(x)
+        model = layer_model(steps, CHANNELS, op_type)
+        runners = {v: op_runner(model, x, y, native=True, algorithm="binary", threads=1, variant=v) for v in variants}
+        best = dict.fromkeys(runners, float("inf"))
+        for fn in runners.values():
+            fn()
+        for _ in range(repeats):
+            for variant, fn in runners.items():  # taking turns, as best_seconds
+                start = time.process_time()
+                fn()
+                best[variant] = min(best[variant], time.process_time() - start)
+        results.append({"op": op_type, "T": steps, "values": y.size,
+                        "ns_per_value": {v: t / y.size * 1e9 for v, t in best.items()}})
+    return results
+
+
+def variants_markdown(report: dict) -> str:
+    variants = report["variants"]
+    lines = [f"Kernel variants: one layer of {VARIANT_NEURONS:,} neurons per step on one thread (binary search), CPU "
+             f"time, best of {report['variant_repeats']}, in ns per output value; in brackets the speed-up over "
+             "baseline.", "", "| op | T | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for r in report["variant_cpu_times"]:
+        ns = r["ns_per_value"]
+        cells = [f"{ns[v]:.3f} ({ns['baseline'] / ns[v]:.2f}×)" for v in variants]
+        lines.append(f"| {r['op']} | {r['T']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def copy_runner(x: np.ndarray, y: np.ndarray, pool: concurrent.futures.ThreadPoolExecutor, threads: int):
@@ -266,7 +311,9 @@ def main() -> None:
             neurons = min(args.neurons, int(cap // (BYTES_PER_ELEMENT_PEAK * steps)))
             neurons -= neurons % (CHANNELS * 16)
             report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool, variants))
-    table = markdown(report)
+    report["variant_repeats"] = args.repeats * 4
+    report["variant_cpu_times"] = variant_cpu_times(variants, report["variant_repeats"])
+    table = markdown(report) + "\n" + variants_markdown(report)
     print(table, file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
