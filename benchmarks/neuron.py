@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import json
 import os
 import platform
@@ -41,6 +40,7 @@ import onnxruntime as ort
 
 from _docs import replace_section
 from snncc.ops import DOMAIN, PARAMETER_INPUTS, TARGET_OPSET, function_library
+from snncc.native_library import cpu_variant
 from snncc.session import native_library_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,10 +82,8 @@ REPORTED_FLAGS = ("avx", "f16c", "fma", "avx2", "avx512f", "avx512vl", "avx512bw
 def library_variant(variant: str = "") -> str:
     """The kernels' variant that the library runs with SNNCC_CPU_VARIANT=variant ("": its choice
     for this CPU), or its "error: ..." when this build or CPU lacks it."""
-    report = ctypes.CDLL(str(native_library_path())).SnnccCpuVariant
-    report.restype = ctypes.c_char_p
     os.environ["SNNCC_CPU_VARIANT"] = variant
-    return report().decode()
+    return cpu_variant(native_library_path())
 
 
 def variants_here() -> list[str]:

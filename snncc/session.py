@@ -13,6 +13,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from snncc.native_library import describe as describe_library
+
 _LIBRARY_NAME = "libsnncc_ops.so"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -97,4 +99,5 @@ def runtime_description(model: onnx.ModelProto | None = None) -> str:
     functions = sorted(op_types - NATIVE_KERNELS.keys())
     parts = [f"native kernels: {', '.join(native)}"] if native else []
     parts += [f"model-local functions: {', '.join(functions)}"] if functions else []
-    return f"snn ops: native library {library} ({'; '.join(parts) or 'no snn ops'}); providers: {where}"
+    parts = (parts or ["no snn ops"]) + [describe_library(library)]
+    return f"snn ops: native library {library} ({'; '.join(parts)}); providers: {where}"

@@ -11,7 +11,6 @@ skip their comparisons here (an AVX-512 machine runs all four).
 
 from __future__ import annotations
 
-import ctypes
 import re
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ import numpy as np
 import onnx
 import pytest
 
+from snncc.native_library import cpu_variant
 from snncc.session import make_session, native_library_path
 from tests.test_native import ALGORITHMS, constant_case, random_params, spike_model
 from tests.test_native import random_case as spike_case
@@ -39,10 +39,8 @@ VARIANT_FLAGS = {"avx": {"avx"}, "avx2": {"avx2", "f16c"},
 
 
 def library_variant() -> str:
-    """What the library reports it would run now (SNNCC_CPU_VARIANT, else its best), via ctypes."""
-    report = ctypes.CDLL(str(native_library_path())).SnnccCpuVariant
-    report.restype = ctypes.c_char_p
-    return report().decode()
+    """What the library reports it would run now (SNNCC_CPU_VARIANT, else its best)."""
+    return cpu_variant(native_library_path())
 
 
 def cpu_flags() -> set[str]:

@@ -514,3 +514,6 @@ extern "C" __attribute__((visibility("default"))) const char* SnnccCpuVariant() 
   }
   return answer.c_str();
 }
+
+/// 1 when this library holds the CUDAExecutionProvider kernels (built with nvcc), else 0.
+extern "C" __attribute__((visibility("default"))) int SnnccCudaKernels() { return SNNCC_WITH_CUDA; }
