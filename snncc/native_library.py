@@ -34,4 +34,4 @@ def describe(library: Path) -> str:
     except (AttributeError, OSError):
         return "kernel variants unknown: a library from before they were reported (rebuild: make native)"
     where = f" (SNNCC_CPU_VARIANT={os.environ['SNNCC_CPU_VARIANT']})" if os.environ.get("SNNCC_CPU_VARIANT") else ""
-    return f"CPU kernels: {variant}{where}; CUDA kernels: {'built' if cuda else 'not built (no nvcc)'}"
+    return f"CPU kernels: {variant}{where}; CUDA kernels: {'built' if cuda else 'not built'}"
