@@ -9,9 +9,12 @@ The op runs through ONNX Runtime with I/O binding to preallocated arrays (no all
   dense     native, every step compared (SNNCC_NEURON_ALGO=dense)
   binary    native, binary search for the first firing step (the default)
   closed    native, closed-form spike count
-  baseline  binary, with the kernels' baseline instruction-set variant (SNNCC_CPU_VARIANT=baseline;
-            the others run the variant the library picks for this CPU: AVX where it has it)
+  binary, V binary with the kernels' instruction-set variant V (SNNCC_CPU_VARIANT=V), for every
+            variant this CPU runs: baseline (SSE2), avx, avx2, avx512; the other native methods run
+            the variant the library picks for this CPU, its best
   serial IF the native snn.SerialIF kernel on the same currents (the baseline neuron, step by step)
+A second table times every kernel variant on small layers (ParallelSpike, SerialIF, SpikeCount)
+on one thread, in CPU time, where they compute rather than wait for memory.
 Where T·N would exceed the memory cap, N is scaled down for that T; the table says so.
 
     python benchmarks/neuron.py [--neurons 16777216] [--steps 4 8 ...] [--threads 2]
@@ -36,7 +39,8 @@ import onnx.numpy_helper as onh
 import onnxruntime as ort
 
 from _docs import replace_section
-from snncc.ops import DOMAIN, TARGET_OPSET, function_library
+from snncc.ops import DOMAIN, PARAMETER_INPUTS, TARGET_OPSET, function_library
+from snncc.native_library import cpu_variant
 from snncc.session import native_library_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,13 +53,15 @@ BYTES_PER_ELEMENT_PEAK = 24
 
 
 def layer_model(steps: int, channels: int, op_type: str = "ParallelSpike") -> onnx.ModelProto:
-    """One ParallelSpike (or SerialIF) on X [T*N/C, C] with per-channel parameters."""
+    """One ParallelSpike (or SerialIF, or SpikeCount on the mean currents) on X [rows, C] with
+    per-channel parameters."""
     rng = np.random.default_rng(0)
-    params = {
+    values = {
         "theta_pre": rng.uniform(0.5, 1.5, channels),
         "theta_post": rng.uniform(0.5, 1.5, channels),
         "psi": rng.uniform(-0.1, 0.1, channels),
     }
+    params = {k: values[k] for k in PARAMETER_INPUTS[op_type] if k in values}  # (no rate_per_spike)
     node = oh.make_node(op_type, ["X", *params], ["Y"], domain=DOMAIN, T=steps)
     graph = oh.make_graph(
         [node],
@@ -66,6 +72,22 @@ def layer_model(steps: int, channels: int, op_type: str = "ParallelSpike") -> on
     )
     opsets = [oh.make_opsetid("", TARGET_OPSET), oh.make_opsetid(DOMAIN, 1)]
     return oh.make_model(graph, opset_imports=opsets, functions=function_library())
+
+
+VARIANTS = ("baseline", "avx", "avx2", "avx512")
+# The CPU flags that say which variant can run (runtime/CMakeLists.txt), reported with the figures.
+REPORTED_FLAGS = ("avx", "f16c", "fma", "avx2", "avx512f", "avx512vl", "avx512bw", "avx512dq")
+
+
+def library_variant(variant: str = "") -> str:
+    """The kernels' variant that the library runs with SNNCC_CPU_VARIANT=variant ("": its choice
+    for this CPU), or its "error: ..." when this build or CPU lacks it."""
+    os.environ["SNNCC_CPU_VARIANT"] = variant
+    return cpu_variant(native_library_path())
+
+
+def variants_here() -> list[str]:
+    return [v for v in VARIANTS if library_variant(v) == v]
 
 
 def best_seconds(runners: dict, repeats: int) -> dict[str, float]:
@@ -103,6 +125,47 @@ def op_runner(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, *, native: b
     return lambda: session.run_with_iobinding(binding)
 
 
+# The layers timed per kernel variant: (op, T); SpikeCount reads one mean current per neuron.
+VARIANT_LAYERS = (("ParallelSpike", 4), ("ParallelSpike", 16), ("SerialIF", 16), ("SpikeCount", 16))
+VARIANT_NEURONS = 65536  # per step: T = 16 reads and writes 8 MiB, which stays in the last-level cache
+
+
+def variant_cpu_times(variants: list[str], repeats: int) -> list[dict]:
+    """Each VARIANT_LAYERS layer with each kernel variant on one thread, timed in CPU time
+    (time.process_time: what this process used, so that other jobs on the machine, which take
+    wall time away, count less): best of `repeats` runs, in ns per output value."""
+    results = []
+    for op_type, steps in VARIANT_LAYERS:
+        rows = (1 if op_type == "SpikeCount" else steps) * VARIANT_NEURONS // CHANNELS
+        x = np.random.default_rng(steps).random((rows, CHANNELS), dtype=np.float32) * 3 - 0.5
+        y = np.empty_like(x)
+        model = layer_model(steps, CHANNELS, op_type)
+        runners = {v: op_runner(model, x, y, native=True, algorithm="binary", threads=1, variant=v) for v in variants}
+        best = dict.fromkeys(runners, float("inf"))
+        for fn in runners.values():
+            fn()
+        for _ in range(repeats):
+            for variant, fn in runners.items():  # taking turns, as best_seconds
+                start = time.process_time()
+                fn()
+                best[variant] = min(best[variant], time.process_time() - start)
+        results.append({"op": op_type, "T": steps, "values": y.size,
+                        "ns_per_value": {v: t / y.size * 1e9 for v, t in best.items()}})
+    return results
+
+
+def variants_markdown(report: dict) -> str:
+    variants = report["variants"]
+    lines = [f"Kernel variants: one layer of {VARIANT_NEURONS:,} neurons per step on one thread (binary search), CPU "
+             f"time, best of {report['variant_repeats']}, in ns per output value; in brackets the speed-up over "
+             "baseline.", "", "| op | T | " + " | ".join(variants) + " |", "|---|---|" + "---|" * len(variants)]
+    for r in report["variant_cpu_times"]:
+        ns = r["ns_per_value"]
+        cells = [f"{ns[v]:.3f} ({ns['baseline'] / ns[v]:.2f}×)" for v in variants]
+        lines.append(f"| {r['op']} | {r['T']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def copy_runner(x: np.ndarray, y: np.ndarray, pool: concurrent.futures.ThreadPoolExecutor, threads: int):
     src, dst = x.reshape(-1), y.reshape(-1)
     bounds = np.linspace(0, src.size, threads + 1).astype(np.int64)
@@ -110,7 +173,7 @@ def copy_runner(x: np.ndarray, y: np.ndarray, pool: concurrent.futures.ThreadPoo
     return lambda: list(pool.map(lambda s: np.copyto(dst[s], src[s]), slices))
 
 
-def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
+def measure(steps: int, neurons: int, threads: int, repeats: int, pool, variants: list[str]) -> dict:
     rows = neurons // CHANNELS
     x = np.random.default_rng(steps).random((steps * rows, CHANNELS), dtype=np.float32) * 3 - 0.5
     y = np.empty_like(x)
@@ -119,7 +182,8 @@ def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
         "copy": copy_runner(x, y, pool, threads),
         "function": op_runner(model, x, y, native=False, algorithm="binary", threads=threads),
         **{a: op_runner(model, x, y, native=True, algorithm=a, threads=threads) for a in ("dense", "binary", "closed")},
-        "baseline": op_runner(model, x, y, native=True, algorithm="binary", threads=threads, variant="baseline"),
+        **{f"binary, {v}": op_runner(model, x, y, native=True, algorithm="binary", threads=threads, variant=v)
+           for v in variants},
         "serial IF": op_runner(layer_model(steps, CHANNELS, "SerialIF"), x, y, native=True, algorithm="binary",
                                threads=threads),
     }
@@ -139,32 +203,38 @@ def measure(steps: int, neurons: int, threads: int, repeats: int, pool) -> dict:
 
 
 def machine() -> dict:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")),
+                 platform.processor())
+    flags = set(next((line.split(":", 1)[1].split() for line in cpuinfo if line.startswith("flags")), []))
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {"cpu": model, "logical_cpus": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+    return {"cpu": model, "cpu_flags": [f for f in REPORTED_FLAGS if f in flags], "logical_cpus": os.cpu_count(),
+            "memory_gib": round(memory / 2**30, 1), "kernel_variant": library_variant(),
             "onnxruntime": ort.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "load_average_1min_at_start": os.getloadavg()[0]}
 
 
 def markdown(report: dict) -> str:
     m = report["machine"]
+    variants = report["variants"]
+    methods = ["function", "dense", "binary", "closed", *(f"binary, {v}" for v in variants), "serial IF"]
     lines = [
-        f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
+        f"Machine: {m['cpu']} (flags: {' '.join(m['cpu_flags'])}; the kernels' variant by default: "
+        f"{m['kernel_variant']}), {m['logical_cpus']} logical CPUs, {m['memory_gib']} GiB; onnxruntime "
         f"{m['onnxruntime']}, numpy {m['numpy']}; load average {m['load_average_1min_at_start']:.1f} when the run "
         f"started (other jobs on the machine). {report['threads']} threads for every method "
         f"(ORT intra-op threads, not spinning; copy: numpy.copyto on a thread pool of that size). float32, per-channel "
         f"parameters, best of {report['repeats']} runs (methods taking turns). GB/s of the bytes read and written "
         "(2·T·N·4); in brackets the ratio to the copy.",
         "",
-        "| T | neurons N | MB moved | copy GB/s | function | dense | binary | closed | binary, baseline ISA | serial IF "
-        "| binary vs function | serial IF / binary (time) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| T | neurons N | MB moved | copy GB/s | " + " | ".join(methods) + " | binary vs function "
+        "| serial IF / binary (time) |",
+        "|---|---|---|---|" + "---|" * len(methods) + "---|---|",
     ]
     for r in report["results"]:
         g, q = r["gb_per_s"], r["ratio_to_copy"]
         scaled = "" if r["neurons"] >= report["neurons"] else " (scaled down: memory cap)"
-        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in ("function", "dense", "binary", "closed", "baseline", "serial IF")]
+        cells = [f"{g[k]:.2f} ({q[k]:.2f}×)" for k in methods]
         serial_vs_binary = r["seconds"]["serial IF"] / r["seconds"]["binary"]
         lines.append(f"| {r['T']} | {r['neurons']:,}{scaled} | {r['bytes_moved'] / 1e6:,.0f} | {g['copy']:.2f} | "
                      + " | ".join(cells) + f" | {r['speedup_vs_function']['binary']:.1f}× | {serial_vs_binary:.2f} |")
@@ -191,9 +261,10 @@ two contiguous arrays; the neuron reads each neuron's T currents from T rows N v
 row per step, in pieces of 4096 neurons, four rows at a time, overlapped with writing the previous
 piece's output rows), a pattern that streams less well, and it adds per-neuron work (sum, parameter
 gather, search) that weighs most at small T. The three native algorithms differ little beyond the
-noise. The native columns except "baseline" run the kernels' AVX variant (8 floats per
-instruction; runtime/README.md), "baseline" the SSE2 one that any x86-64 CPU runs: where the
-kernel streams memory the two are close. The serial IF kernel reads and writes the same bytes
+noise. The native columns run the best kernel variant of the CPU (runtime/README.md; named in the
+machine line), the "binary, V" columns each variant that the CPU runs, from baseline (SSE2, 4
+floats per instruction: any x86-64) to avx512 (16): where the kernel streams memory, the widths
+are close, since the copy bounds them all. The serial IF kernel reads and writes the same bytes
 once, four steps per pass over a piece (its membranes stay in registers and cache), so it is
 bound by the same copy. The function materialises several full-size [T·N] temporaries (comparison, Where, reshape
 copies) and runs them as separate ops. Timings on a shared virtual machine vary by tens of percent
@@ -230,14 +301,17 @@ def main() -> None:
 
     info = machine()
     cap = args.memory_cap_gb * 1e9 if args.memory_cap_gb else info["memory_gib"] * 2**30 * 0.6
+    variants = variants_here()
     report = {"machine": info, "threads": args.threads, "repeats": args.repeats, "neurons": args.neurons,
-              "memory_cap_bytes": int(cap), "results": []}
+              "memory_cap_bytes": int(cap), "variants": variants, "results": []}
     with concurrent.futures.ThreadPoolExecutor(args.threads) as pool:
         for steps in args.steps:
             neurons = min(args.neurons, int(cap // (BYTES_PER_ELEMENT_PEAK * steps)))
             neurons -= neurons % (CHANNELS * 16)
-            report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool))
-    table = markdown(report)
+            report["results"].append(measure(steps, neurons, args.threads, args.repeats, pool, variants))
+    report["variant_repeats"] = args.repeats * 4
+    report["variant_cpu_times"] = variant_cpu_times(variants, report["variant_repeats"])
+    table = markdown(report) + "\n" + variants_markdown(report)
     print(table, file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

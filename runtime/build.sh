@@ -7,7 +7,9 @@
 # downloaded once into runtime/build/ort/ with private apt state (the system's is not touched) and
 # reused from there afterwards (copy that folder along to build on a machine without internet).
 #
-# Environment: ORT_INCLUDE_DIR, SNNCC_CUDA=0 (skip the CUDA kernels), PYTHON (interpreter whose
+# Environment: ORT_INCLUDE_DIR, SNNCC_CUDA=0 (skip the CUDA kernels), SNNCC_CUDA_ARCHITECTURES (the
+# GPU code to build, e.g. "native" for this machine's GPU or "90-real"; default: CMakeLists.txt's
+# list, sm_75 to sm_120), PYTHON (interpreter whose
 # onnxruntime wheel the example links; default .venv/bin/python, else python3),
 # SNNCC_DEBIAN_MIRROR (default: the Debian mirror of this machine's apt sources).
 set -euo pipefail
@@ -91,6 +93,11 @@ main() {
     cuda_args=(-DSNNCC_WITH_CUDA=OFF)
   elif command -v nvcc >/dev/null; then
     cuda_args=(-DSNNCC_WITH_CUDA=ON "-DCMAKE_CUDA_COMPILER=$(command -v nvcc)")
+    if [[ -n "${SNNCC_CUDA_ARCHITECTURES:-}" ]]; then
+      cuda_args+=("-DSNNCC_CUDA_ARCHITECTURES=$SNNCC_CUDA_ARCHITECTURES")
+    else
+      cuda_args+=(-USNNCC_CUDA_ARCHITECTURES)  # CMakeLists.txt's default, whatever an earlier run set
+    fi
   else
     log "nvcc not found: building the CPU kernels only"
     cuda_args=(-DSNNCC_WITH_CUDA=OFF)

@@ -8,7 +8,11 @@
 `snncc.SnnccError`, warnings about the data `snncc.SnnccWarning`.
 """
 
+from snncc._ort_wheels import check_onnxruntime_wheels
+
 __version__ = "0.1.0"
+
+check_onnxruntime_wheels()
 
 from snncc.errors import SnnccError, SnnccWarning  # noqa: E402
 

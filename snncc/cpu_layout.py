@@ -1,7 +1,7 @@
 """Keep a compiled SNN's neurons in ONNX Runtime's CPU layout (NCHWc) instead of reordering around them.
 
 ONNX Runtime's CPU provider runs 2-D convolutions, pools and a few elementwise ops in NCHWc: each
-sample stored as [C / b, H, W, b], channels in blocks of b (8 with AVX2, 16 with AVX-512). Any op it
+sample stored as [C / b, H, W, b], channels in blocks of b (16 with AVX-512, else 8). Any op it
 does not know, such as an `snn` neuron, gets its input reordered to NCHW and its output reordered
 back, two extra copies of the tensor per neuron layer. A neuron acts elementwise (ParallelSpike and
 SerialIF across time rows too), so it can run on the blocked tensor as it is, given where each

@@ -14,6 +14,7 @@ import onnx
 import onnxruntime as ort
 
 from snncc.errors import SnnccError
+from snncc.native_library import describe as describe_library
 
 _LIBRARY_NAME = "libsnncc_ops.so"
 _REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -103,4 +104,5 @@ def runtime_description(model: onnx.ModelProto | None = None) -> str:
     functions = sorted(op_types - NATIVE_KERNELS.keys())
     parts = [f"native kernels: {', '.join(native)}"] if native else []
     parts += [f"model-local functions: {', '.join(functions)}"] if functions else []
-    return f"snn ops: native library {library} ({'; '.join(parts) or 'no snn ops'}); providers: {where}"
+    parts = (parts or ["no snn ops"]) + [describe_library(library)]
+    return f"snn ops: native library {library} ({'; '.join(parts)}); providers: {where}"

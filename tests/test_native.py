@@ -20,7 +20,8 @@ import onnxruntime as ort
 import pytest
 
 from snncc.ops import DOMAIN, TARGET_OPSET, function_library
-from snncc.session import make_session, native_library_path
+from snncc.native_library import cpu_variant, has_cuda_kernels
+from snncc.session import make_session, native_library_path, runtime_description
 
 if native_library_path() is None:
     pytest.skip("native library not built (run `make native`) or SNNCC_NATIVE=0", allow_module_level=True)
@@ -381,10 +382,38 @@ def test_cuda_sources_compile(tmp_path):
     )
 
 
-needs_cuda_ep = pytest.mark.skipif(
-    "CUDAExecutionProvider" not in ort.get_available_providers(), reason="no CUDAExecutionProvider (no GPU build)"
-)
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def test_runtime_line_says_whether_the_library_has_cuda_kernels_and_which_cpu_variant_runs(monkeypatch):
+    """Checked against the CMake cache of the build that made the library (nvcc found and CUDA on)."""
+    library = native_library_path()
+    cache = REPO / "runtime" / "build" / "cmake" / "CMakeCache.txt"
+    if library != REPO / "runtime" / "build" / "libsnncc_ops.so" or not cache.exists():
+        pytest.skip("the library was not built by runtime/build.sh in this checkout")
+    entries = dict(line.split("=", 1) for line in cache.read_text().splitlines() if "=" in line and ":" in line)
+    compiler = next((v for k, v in entries.items() if k.startswith("CMAKE_CUDA_COMPILER:")), "")
+    built = entries.get("SNNCC_WITH_CUDA:BOOL") == "ON" and bool(compiler) and not compiler.endswith("NOTFOUND")
+    assert has_cuda_kernels(library) == built
+    monkeypatch.setenv("SNNCC_CPU_VARIANT", "baseline")
+    assert cpu_variant(library) == "baseline"
+    line = runtime_description()
+    assert "CPU kernels: baseline (SNNCC_CPU_VARIANT=baseline)" in line
+    assert ("CUDA kernels: built" if built else "CUDA kernels: not built") in line
+
+
+def cuda_ep_runs() -> bool:
+    """Whether ONNX Runtime's CUDA provider runs here: onnxruntime-gpu lists it even on a machine
+    without a GPU, where a session falls back to the CPU."""
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    model, _, _ = random_case(1, per_channel=False, rank=2, seed=0)
+    session = make_session(model, native=False, providers=CUDA)
+    return "CUDAExecutionProvider" in session.get_providers()
+
+
+needs_cuda_ep = pytest.mark.skipif(not cuda_ep_runs(), reason="no CUDAExecutionProvider that runs here "
+                                   "(needs onnxruntime-gpu, pip install 'snncc[gpu]', and an NVIDIA GPU)")
 
 
 @needs_cuda_ep

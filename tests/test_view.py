@@ -1,8 +1,10 @@
 """`snncc view`: a compiled model served through Netron renders its ParallelSpike nodes in a
 headless Chromium (driven over the DevTools protocol on a pipe; no extra Python packages).
 
-Skips, with the reason, when netron or a Chromium binary is missing. The screenshot is kept in
-the test's tmp dir (its path is printed), never in the repository.
+`make test` installs Chromium first where it is missing and the machine can (`make browser`: root
+and apt-get), so the test runs wherever that works; it skips, saying why, only when netron or a
+Chromium binary is missing. The screenshot is kept in the test's tmp dir (its path is printed),
+never in the repository.
 """
 
 from __future__ import annotations
@@ -114,7 +116,8 @@ def test_view_shows_parallel_spike_nodes_in_netron(tmp_path):
     pytest.importorskip("netron", reason="netron is not installed (pip install 'snncc[view]')")
     binary = chromium_binary()
     if binary is None:
-        pytest.skip("no Chromium binary (Debian: apt-get install chromium): the Netron page cannot be rendered")
+        pytest.skip("no Chromium binary, and `make browser` cannot install one on this machine (it needs root and "
+                    "apt-get: apt-get install chromium): the Netron page was not rendered")
     model = compile_model(nets.export(nets.build("vgg", 4), dynamo=False), CompileOptions(steps=4)).model
     path = tmp_path / "vgg.snn.onnx"
     onnx.save(model, path)

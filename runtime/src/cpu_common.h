@@ -3,8 +3,8 @@
 // them, it puts its definitions into the namespace of the variant being compiled
 // (SNNCC_CPU_VARIANT), so that these functions are not shared between variants. The firing
 // rules (neuron.h, serial_if.h, spike_count.h) and std:: helpers are shared, and safe only
-// because -O3 inlines them: tests/test_native_variants.py checks that the AVX objects define no
-// symbol outside their namespace.
+// because -O3 inlines them: tests/test_native_variants.py checks that the objects of every variant
+// but baseline define no symbol outside their namespace.
 #pragma once
 
 #include <algorithm>

@@ -52,18 +52,20 @@ Algorithm algorithm_from_environment(const char* op) {
   fail(op, "SNNCC_NEURON_ALGO must be binary, dense or closed, not '" + name + "'");
 }
 
-/// SNNCC_CPU_VARIANT = avx | baseline: the CPU kernels' instruction-set variant (default: avx
-/// where this build and the CPU have it).
+/// SNNCC_CPU_VARIANT = baseline | avx | avx2 | avx512: the CPU kernels' instruction-set variant
+/// (default: the best one that this build and the CPU have).
 CpuVariant cpu_variant_from_environment(const char* op) {
   const char* value = std::getenv("SNNCC_CPU_VARIANT");
   const std::string name = value == nullptr ? "" : value;
-  if (name == "baseline") return CpuVariant::kBaseline;
-  if (name.empty() || name == "avx") {
-    if (avx_available()) return CpuVariant::kAvx;
-    if (name.empty()) return CpuVariant::kBaseline;
-    fail(op, "SNNCC_CPU_VARIANT=avx, but this build or CPU has no AVX variant");
+  if (name.empty()) return best_cpu_variant();
+  for (const CpuVariant variant : kCpuVariants) {
+    if (name != cpu_variant_name(variant)) continue;
+    if (!cpu_variant_available(variant)) {
+      fail(op, "SNNCC_CPU_VARIANT=" + name + ", but this build or CPU has no " + name + " variant");
+    }
+    return variant;
   }
-  fail(op, "SNNCC_CPU_VARIANT must be avx or baseline, not '" + name + "'");
+  fail(op, "SNNCC_CPU_VARIANT must be baseline, avx, avx2 or avx512, not '" + name + "'");
 }
 
 /// The node's attribute T.
@@ -499,3 +501,19 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api);
   return snncc::guarded([&] { snncc::add_domain(options); });
 }
+
+/// The name of the CPU kernels' variant that a session created now would run (SNNCC_CPU_VARIANT,
+/// else the best one available), or "error: ..." for an invalid SNNCC_CPU_VARIANT: for reports and
+/// tests (ctypes), no ONNX Runtime needed.
+extern "C" __attribute__((visibility("default"))) const char* SnnccCpuVariant() {
+  static thread_local std::string answer;
+  try {
+    answer = snncc::cpu_variant_name(snncc::cpu_variant_from_environment("ops"));
+  } catch (const std::exception& e) {
+    answer = std::string("error: ") + e.what();
+  }
+  return answer.c_str();
+}
+
+/// 1 when this library holds the CUDAExecutionProvider kernels (built with nvcc), else 0.
+extern "C" __attribute__((visibility("default"))) int SnnccCudaKernels() { return SNNCC_WITH_CUDA; }

@@ -37,8 +37,8 @@ struct NarrowTo {
   }
 };
 
-/// floor(v) rounded to storage type S and back (spike_count's floor_to): with SSE4.1 (the AVX
-/// variant) one rounding instruction, else floor_exact; both exact.
+/// floor(v) rounded to storage type S and back (spike_count's floor_to): with SSE4.1 (the avx,
+/// avx2 and avx512 variants) one rounding instruction, else floor_exact; both exact.
 template <typename S>
 struct FloorTo {
   CpuMath<S> operator()(CpuMath<S> v) const {
