@@ -44,7 +44,7 @@ def _numpy_neuron(z, theta_pre, theta_post, psi, steps):
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_search_reaches_the_brute_force_minimum_of_the_output_error(steps):
     rng = np.random.default_rng(steps)
-    channels, n = 3, 4000
+    channels, n = 3, 2000
     z_ann = rng.normal(0.3, 1.0, (n, channels)) * np.array([1.0, 2.0, 0.5])
     z_q = z_ann + rng.normal(0.1, 0.3, z_ann.shape)  # the SNN's input current: noisy and shifted
     r = np.maximum(z_ann, 0)
@@ -57,15 +57,22 @@ def test_search_reaches_the_brute_force_minimum_of_the_output_error(steps):
     zc, rc = z_q.T, r.T
     found = ((_numpy_neuron(zc, fit.theta_pre, fit.theta_post, fit.psi, steps) - rc) ** 2).sum(axis=1)
     best = np.full(channels, np.inf)
-    for fraction in neuron_search.THETA_FRACTIONS:  # brute force: every candidate, θ_post by a scan
+    for fraction in neuron_search.THETA_FRACTIONS:  # brute force: every candidate on the raw samples
         theta_pre = fraction * top
         for offset in neuron_search.PSI_OFFSETS:
             psi = shift + offset * theta_pre / steps
-            level = _numpy_neuron(zc, theta_pre, np.full(channels, float(steps)), psi, steps)
-            for c in range(channels):
-                posts = np.linspace(0, 2 * top[c], 401)
-                errors = ((posts[:, None] / steps * level[c][None] - rc[c][None]) ** 2).sum(axis=1)
-                best[c] = min(best[c], errors.min())
+            level = _numpy_neuron(zc, theta_pre, np.full(channels, float(steps)), psi, steps)  # k·1
+            # the least-squares scale of k against r: d/dθ_post Σ(θ_post·k/T − r)² = 0
+            post = steps * (level * rc).sum(axis=1) / np.maximum((level ** 2).sum(axis=1), 1e-12)
+            post = np.maximum(post, 0)
+            errors = ((post[:, None] / steps * level - rc) ** 2).sum(axis=1)
+            best = np.minimum(best, errors)
+    for c in range(channels):  # and θ_post is optimal for the chosen θ_pre, ψ: no scaled value does better
+        for factor in (0.98, 1.02):
+            post = fit.theta_post.copy()
+            post[c] *= factor
+            worse = ((_numpy_neuron(zc, fit.theta_pre, post, fit.psi, steps) - rc) ** 2).sum(axis=1)
+            assert worse[c] >= found[c]
     assert np.all(found <= best * 1.002 + 1e-9), (found, best)
     assert np.all(found >= best * 0.95)  # it is the grid's optimum, not a different objective
     np.testing.assert_allclose(fit.error, found, rtol=0.02)
