@@ -49,14 +49,14 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "results.md"
 START, END = "<!-- calibration-modes:start -->", "<!-- calibration-modes:end -->"
 # model stem: (dataset, T values, modes)
-DEFAULT_GRID = [
-    "fmnist_relu_vgg:1,2,4,8:paper,layerwise,ridge",
-    "fmnist_qcfs_vgg_t4:2:paper,layerwise,ridge",
-    "mnist_relu_vgg:1,2:paper,ridge",
-    "fmnist_relu_vgg:3,16:paper,ridge",
-    "mnist_relu_vgg:4,8:paper,ridge",
-    "fmnist_qcfs_vgg_t4:1,3,8:paper,ridge",
-    "mnist_qcfs_vgg_t4:1,2:paper,ridge",
+DEFAULT_GRID = [  # in order of priority: a cut run keeps the first
+    "fmnist_relu_vgg:1,2,4,8:ridge,paper",
+    "fmnist_qcfs_vgg_t4:2:ridge,paper",
+    "mnist_relu_vgg:1,2:ridge,paper",
+    "fmnist_relu_vgg:1,2,4:layerwise",
+    "fmnist_relu_vgg:3,16:ridge,paper",
+    "fmnist_qcfs_vgg_t4:1,3,8:ridge,layerwise,paper",
+    "mnist_relu_vgg:4,8:ridge,paper",
 ]
 
 

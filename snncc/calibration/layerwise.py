@@ -39,6 +39,9 @@ CASE_QCFS_LAYERWISE = "qcfs-layerwise"
 HEADS = ("lstsq", "keep")
 # λ of the ridge refit, relative to the mean diagonal of XᵀX.
 RIDGE = 0.05
+# The refits (ridge and read-out) read the first samples only: a few hundred thousand rows fix a
+# few hundred weights per output, and the passes cost less.
+REFIT_SAMPLES = 4096
 
 
 class _Passes:
@@ -49,7 +52,7 @@ class _Passes:
         self.model, self.original, self.data, self.steps, self.batch_size = model, original, data, steps, batch_size
         self.passes = 0
 
-    def run(self, quantised: list[str], reference: list[str], label: str):
+    def run(self, quantised: list[str], reference: list[str], label: str, samples: int | None = None):
         from snncc.evaluate import progress
         from snncc.session import make_session
 
@@ -57,7 +60,8 @@ class _Passes:
         a_session = make_session(prefix_model(self.original, original_activation, reference), native=False)
         q_input, a_input = q_session.get_inputs()[0].name, a_session.get_inputs()[0].name
         self.passes += 1
-        for batch in progress(list(self.data.batches(self.batch_size)), label):
+        subset = self.data if samples is None else CalibrationData(self.data.x[:samples], self.data.source)
+        for batch in progress(list(subset.batches(self.batch_size)), label):
             yield q_session.run(quantised, {q_input: batch}), a_session.run(reference, {a_input: batch})
 
 
@@ -72,10 +76,11 @@ def _refit(passes: _Passes, layer: AffineLayer, value_name: str, ridge: float, s
     node = layer.node
     x_name, y_name = node.inputs[0].name, node.outputs[0].name
     quantised = [x_name, y_name] + ([value_name] if value_name != y_name else [])
+    samples = min(samples, REFIT_SAMPLES)
     positions = max(1, MAX_CONV_ROWS // samples)
     rng = np.random.default_rng(0)
     equations = NormalEquations()
-    for q_out, a_out in passes.run(quantised, [value_name], label):
+    for q_out, a_out in passes.run(quantised, [value_name], label, samples):
         x, y = q_out[0], q_out[1]
         z_q = q_out[2] if len(q_out) > 2 else y
         target = y + (a_out[0] - z_q)
