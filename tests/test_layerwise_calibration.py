@@ -254,3 +254,20 @@ def test_copy_of_model_is_unchanged_by_calibration():
     for name, array in before.items():  # the refit adds initializers and leaves the old ones as they were
         if name in model.graph.initializers:
             np.testing.assert_array_equal(model.graph.initializers[name].const_value.numpy(), array)
+
+
+def test_cli_calibration_modes(tmp_path):
+    from tests.test_cli import assert_user_error, snncc
+
+    onnx.save(random_cnn.build(CONV_NET), tmp_path / "net.onnx")
+    np.save(tmp_path / "calib.npy", random_cnn.inputs(CONV_NET, 48, seed=1))
+    expected = {(): ("ridge", "lstsq"), ("--calibrate",): ("ridge", "lstsq"), ("--calibrate", "paper"): ("paper", None),
+                ("--calibrate", "layerwise", "--keep-head"): ("layerwise", "keep"), ("--no-calibrate",): ("thresholds", None)}
+    for i, (flags, (mode, head)) in enumerate(expected.items()):
+        out = tmp_path / f"out{i}.onnx"
+        result = snncc("compile", tmp_path / "net.onnx", "--T", 2, "--calib", tmp_path / "calib.npy", "-o", out, *flags)
+        assert result.returncode == 0, result.stderr
+        metadata = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["snncc.calibration"])
+        assert (metadata["mode"], metadata.get("head")) == (mode, head), flags
+    assert_user_error(snncc("compile", tmp_path / "net.onnx", "--T", 2, "--calib", tmp_path / "calib.npy",
+                            "--calibrate", "best"), "best")
