@@ -130,7 +130,36 @@ def render_modes(report: dict) -> str:
             cells.append("–" if row is None else f"{100 * row['top1']:.2f} ({100 * (row['top1'] - ann):+.2f}) · "
                          f"{row['cost']:.1f}×{' ★' if row['auto'] else ''}")
         lines.append(f"| {stem} | {100 * ann:.2f} | {T} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", "Against the targets of issue #19 (drop in points vs the ANN; cost in ANN passes):", ""]
+                     + [f"- {line}" for line in target_lines(report)])
+
+
+# (what, model, T, which mode: 'auto' or 'best', largest drop in points)
+ACCURACY_TARGETS = [("default mode", "fmnist_relu_vgg", 1, "auto", 5.0), ("default mode", "fmnist_relu_vgg", 2, "auto", 1.5),
+                    ("default mode", "fmnist_relu_vgg", 4, "auto", 0.2), ("default mode", "fmnist_relu_vgg", 8, "auto", 0.1),
+                    ("best mode", "fmnist_relu_vgg", 1, "best", 3.5), ("best mode", "fmnist_relu_vgg", 2, "best", 1.0),
+                    ("best mode", "fmnist_relu_vgg", 4, "best", 0.1), ("best mode", "mnist_relu_vgg", 1, "best", 1.0),
+                    ("best mode", "mnist_relu_vgg", 2, "best", 0.2), ("best mode", "fmnist_qcfs_vgg_t4", 2, "best", 2.0)]
+
+
+def target_lines(report: dict) -> list[str]:
+    lines = []
+    for what, stem, T, which, limit in ACCURACY_TARGETS:
+        rows = [r for r in report["rows"] if r["model"] == stem and r["T"] == T and (which == "best" or r["auto"])]
+        if not rows:
+            lines.append(f"{stem} T={T}, {what}: not measured")
+            continue
+        row = max(rows, key=lambda r: r["top1"])
+        drop = 100 * (report["ann"][stem] - row["top1"])
+        lines.append(f"{stem} T={T}, {what} ({row['mode']}): drop {drop:.2f} (target ≤ {limit}): "
+                     f"{'met' if drop <= limit + 1e-9 else 'missed'}")
+    for what, select, limit in (("default mode at T ≤ 8", lambda r: r["auto"] and r["T"] <= 8, 20),
+                                ("default mode at T > 8", lambda r: r["auto"] and r["T"] > 8, 3),
+                                ("any mode", lambda r: True, 200)):
+        costs = [r["cost"] for r in report["rows"] if select(r)]
+        if costs:
+            lines.append(f"cost, {what}: at most {max(costs):.1f}× (target ≤ {limit}×): {'met' if max(costs) <= limit else 'missed'}")
+    return lines
 
 
 def write_modes(report: dict, write_docs: bool) -> None:
