@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="MODEL_STEM:T,T,...:MODE,MODE,... items")
     parser.add_argument("--calib-samples", type=int, default=10000)
     parser.add_argument("--resume", action="store_true", help="--modes: keep the rows already in --json")
-    parser.add_argument("--render", type=Path, help="--modes: no run, render the table from this JSON")
+    parser.add_argument("--render", type=Path, nargs="+", help="--modes: no run, render the table from these JSONs (rows merged)")
     parser.add_argument("--write-docs", action="store_true", help=f"--modes: replace the section of {DOCS.name} between its markers")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "fmnist_relu_vgg.onnx")
     parser.add_argument("--samples", type=int, default=10000)
@@ -189,7 +189,10 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if args.render:
-        write_modes(json.loads(args.render.read_text()), args.write_docs)
+        reports = [json.loads(path.read_text()) for path in args.render]
+        merged = {**reports[0], "rows": [r for report in reports for r in report["rows"]],
+                  "ann": {k: v for report in reports for k, v in report["ann"].items()}}
+        write_modes(merged, args.write_docs)
         return
     if args.modes:
         modes_table(args)
