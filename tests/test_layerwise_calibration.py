@@ -234,15 +234,15 @@ def test_layerwise_modes_beat_the_paper_at_low_t_on_fashion_mnist():
     from snncc.data import load
 
     ann = onnx.load(REPO / "models" / "fmnist_relu_vgg.onnx")
-    data = CalibrationData(load("fashion-mnist", "train")[0][:500], "fashion-mnist:train[:500]")
+    data = CalibrationData(load("fashion-mnist", "train")[0][:256], "fashion-mnist:train[:256]")
     x, y = load("fashion-mnist", "test")
-    x, y = x[:1000], y[:1000]
+    x, y = x[:600], y[:600]
     accuracy = {}
     for name, options in (("paper", CalibrationOptions(da_qcfs=True)), ("ridge", CalibrationOptions(mode="ridge"))):
         snn = compile_model(ann, CompileOptions(steps=2, fold_time=True, calibration_data=data, calibration=options)).model
         logits = next(iter(equivalence.run(snn, x).values()))
         accuracy[name] = float(np.mean(logits.argmax(1) == y))
-    assert accuracy["ridge"] >= accuracy["paper"] + 0.03, accuracy
+    assert accuracy["ridge"] >= accuracy["paper"] + 0.05, accuracy  # measured: 92.3% against 75.5%
 
 
 def test_copy_of_model_is_unchanged_by_calibration():
