@@ -139,9 +139,9 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
             f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need thresholds recorded on "
             "calibration data, and none was given (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)"
         )
-    if options.calibration.da_qcfs:
-        raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data (a .npy/.npz file, an image folder, "
-                         "an array, or e.g. fashion-mnist:train)")
+    if options.calibration.da_qcfs or options.calibration.mode in ("layerwise", "ridge"):
+        raise SnnccError(f"{source}: calibration ({options.calibration.resolved_mode(options.steps)}) needs calibration "
+                         "data (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)")
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
