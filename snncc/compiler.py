@@ -20,6 +20,7 @@ from snncc import ops
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.errors import SnnccError
+from snncc.modelio import without_weights
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
 from snncc.passes.check_convertible import CheckConvertiblePass
@@ -151,7 +152,8 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
 
 
 def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibration: dict) -> onnx.ModelProto:
-    """Attach the `snn` functions and metadata, infer shapes, and check the result."""
+    """Attach the `snn` functions and metadata, infer shapes, and check the result (both on a copy
+    without the weights: the same verdict and shapes without serialising them)."""
     model.opset_imports.pop("snncc.internal", None)
     proto = ir.to_proto(model)
     proto.functions.extend(ops.function_library())
@@ -172,8 +174,12 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     proto.metadata_props.extend(existing)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
-    onnx.checker.check_model(proto, full_check=True)
+    skeleton = onnx.shape_inference.infer_shapes(without_weights(proto), check_type=True, strict_mode=False,
+                                                 data_prop=True)
+    onnx.checker.check_model(skeleton, full_check=True)
+    for field in ("value_info", "output"):
+        del getattr(proto.graph, field)[:]
+        getattr(proto.graph, field).extend(getattr(skeleton.graph, field))
     return proto
 
 

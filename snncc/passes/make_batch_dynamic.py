@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
-from snncc.passes._graph import NameGenerator, add_initializer, const_array
+from snncc.passes._graph import NameGenerator, add_initializer, const_array, infer_shapes
 
 BATCH = "N"
 
@@ -45,7 +44,7 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
                 for value in node.outputs:
                     if not value.is_graph_output():
                         value.shape = None
-            common_passes.ShapeInferencePass()(model)
+            infer_shapes(model)
         return ir.passes.PassResult(model, modified=modified)
 
 
