@@ -187,9 +187,8 @@ def _case_of(node: onnx.NodeProto) -> str:
     return next((p.value for p in node.metadata_props if p.key == CASE_KEY), "unknown")
 
 
-def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.ndarray]:
+def _neuron_parameters(proto: onnx.ModelProto, inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> list[np.ndarray]:
     """θ_pre, θ_post, ψ of a ParallelSpike node, or of a folded SpikeCount node and its rate Mul."""
-    inits = {t.name: t for t in proto.graph.initializer}
     array = lambda name: onnx.numpy_helper.to_array(inits[name]).reshape(-1)  # noqa: E731
     if node.op_type != ops.SPIKE_COUNT:
         return [array(name) for name in node.input[1:4]]
@@ -201,11 +200,12 @@ def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.
 def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
     """The neuron layers of a compiled SNN, read back from the graph."""
     layers = []
+    inits = {t.name: t for t in proto.graph.initializer}
     for node in proto.graph.node:
         if not ops.is_neuron(node):
             continue
         meta = {p.key: p.value for p in node.metadata_props}
-        theta_pre, theta_post, psi = _neuron_parameters(proto, node)
+        theta_pre, theta_post, psi = _neuron_parameters(proto, inits, node)
         layers.append(LayerSummary(
             name=node.name, source=meta.get("snncc.source", ""), case=_case_of(node),
             channels=int(theta_pre.size),
