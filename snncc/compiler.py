@@ -32,7 +32,7 @@ from snncc.passes.fold_batchnorm import FoldBatchNormPass
 from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
 from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
-from snncc.passes.match_activations import MatchActivationsPass
+from snncc.passes.match_activations import MatchActivationsPass, other_activations
 from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
 from snncc.passes.name_nodes import NameUnnamedNodesPass
 from snncc.passes.remove_no_ops import RemoveNoOpsPass
@@ -110,11 +110,20 @@ def analyse_activations(model: ir.Model) -> ir.Model:
     return model
 
 
+def describe_missing_activations(graph: ir.Graph) -> str:
+    """Why a graph without ReLU-family activations has nothing to convert, naming what it has instead."""
+    others = other_activations(graph)
+    found = ", ".join(f"{count} {name}" for name, count in sorted(others.items(), key=lambda kv: -kv[1]))
+    if not found:
+        return "no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons"
+    return f"{found} activation{'s' if sum(others.values()) > 1 else ''}: snncc converts ReLU-family activations only (ReLU, ReLU6/Clip, QCFS)"
+
+
 def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
     source = options.source
     activations = [n for n in model.graph if is_activation(n)]
     if not activations:
-        raise SnnccError(f"{source}: no activation (ReLU, Clip, QCFS) found: nothing to convert to spiking neurons")
+        raise SnnccError(f"{source}: {describe_missing_activations(model.graph)}")
     if options.calibration_data is not None:
         return
     uncalibrated = [n for n in activations if read_activation(n).kind in (RELU, CLIP)]

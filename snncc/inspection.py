@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx
 
 from snncc import ops
-from snncc.compiler import analyse_activations, summarize_layers, to_ir
+from snncc.compiler import analyse_activations, describe_missing_activations, summarize_layers, to_ir
 from snncc.passes._activation import is_activation, read_activation
 from snncc.passes._graph import source_of
 from snncc.passes.check_convertible import find_problems
@@ -56,7 +56,7 @@ def _describe_ann(model: onnx.ModelProto, source: str) -> str:
         lines.append(f"  {record.kind:<5} {detail:<22} from {source_of(node)}")
     problems = find_problems(graph_model.graph)
     if not activations:
-        lines.append("  not convertible: no activation found")
+        lines.append(f"  not convertible: {describe_missing_activations(graph_model.graph)}")
     elif problems:
         lines.append(f"  not convertible: {len(problems)} node(s) between neurons are not exact on spike trains:")
         lines.extend(f"    {p}" for p in problems)

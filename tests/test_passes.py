@@ -80,6 +80,30 @@ def test_same_padding_computed_from_shapes_folds_to_constant():
     assert np.allclose(graphs.run(model, x=X)[0], np.pad(X, ((0, 0), (0, 0), (1, 1), (1, 1))))
 
 
+def test_small_constant_of_shape_folds_and_a_big_one_stays():
+    """efficientnet_pytorch's pads: Concat(const, ConstantOfShape([4]) zeros) -> Pad. A zero tensor
+    above the folding limit is not materialised."""
+    from snncc.passes.fold_constants import MAX_FOLDED_ELEMENTS
+
+    text = f"""g (float[N,3,6,6] x) => (float[N,3,7,7] y, float[{MAX_FOLDED_ELEMENTS + 1}] big) {{
+        four = Constant <value_ints: ints = [4]> ()
+        zeros = ConstantOfShape <value: tensor = int64[1] {{0}}> (four)
+        hw = Constant <value_ints: ints = [0, 0, 1, 1]> ()
+        pads = Concat <axis: int = 0> (zeros, hw)
+        order = Constant <value_ints: ints = [0, 1, 4, 5, 2, 3, 6, 7]> ()
+        nchw = Gather (pads, order)
+        y = Pad (x, nchw)
+        n = Constant <value_ints: ints = [{MAX_FOLDED_ELEMENTS + 1}]> ()
+        big = ConstantOfShape (n)
+    }}"""
+    model = graphs.ir_model(text)
+    FoldConstantsPass()(model)
+    assert [op for op in graphs.op_types(model) if op != "Constant"] == ["Pad", "ConstantOfShape"]
+    y, big = graphs.run(model, x=X)
+    assert np.allclose(y, np.pad(X, ((0, 0), (0, 0), (0, 1), (0, 1))))
+    assert big.shape == (MAX_FOLDED_ELEMENTS + 1,) and not big.any()
+
+
 # --- remove_no_ops ---------------------------------------------------------------------------
 
 def test_dropout_and_identity_are_removed_even_before_an_output():
@@ -157,6 +181,38 @@ def test_static_batch_becomes_dynamic_and_reshape_copies_batch():
     assert y.shape == (2, 108)
 
 
+def test_allowzero_reshape_of_a_batch_1_export_becomes_dynamic():
+    """The dynamo exporter without dynamic_shapes: channel shuffle as Reshape [1, 2, 2, 6, 6] with allowzero=1."""
+    text = """g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+        split = Constant <value_ints: ints = [1, 2, 2, 6, 6]> ()
+        merge = Constant <value_ints: ints = [1, 4, 6, 6]> ()
+        g = Reshape <allowzero: int = 1> (x, split)
+        t = Transpose <perm: ints = [0, 2, 1, 3, 4]> (g)
+        y = Reshape <allowzero: int = 1> (t, merge)
+    }"""
+    model = graphs.ir_model(text)
+    FoldConstantsPass()(model)
+    assert MakeBatchDynamicPass()(model).modified
+    x = RNG.normal(size=(3, 4, 6, 6)).astype(np.float32)
+    (y,) = graphs.run(model, x=x)
+    expected = x.reshape(3, 2, 2, 6, 6).transpose(0, 2, 1, 3, 4).reshape(3, 4, 6, 6)
+    assert np.array_equal(y, expected)
+
+
+def test_reshape_that_drops_the_static_batch_is_refused_by_name():
+    text = """g (float[1,4,6,6] x) => (float[4,36] y) {
+        t = Transpose <perm: ints = [1, 0, 2, 3]> (x)
+        target = Constant <value_ints: ints = [4, 36]> ()
+        y = Reshape (t, target)
+    }"""
+    model = graphs.ir_model(text)
+    FoldConstantsPass()(model)
+    with pytest.raises(SnnccError, match="'y'.*Reshape.*batch size 1"):
+        for node in model.graph:
+            node.name = node.outputs[0].name
+        MakeBatchDynamicPass()(model)
+
+
 # --- match_activations -----------------------------------------------------------------------
 
 def _qcfs_text(first="Div (x, theta)", last="Div (f, levels)", mul_order="Mul (c, levels)", theta="4.0", levels="4.0",
@@ -220,6 +276,28 @@ def test_non_relu_forms_do_not_match(body):
     text = f"g (float[N,3,6,6] x) => (float[N,3,6,6] y) <float one = {{1.0}}, float minus_one = {{-1.0}}, float six = {{6.0}}> {{ {body} }}"
     model = graphs.ir_model(text)
     assert not MatchActivationsPass()(model).modified
+
+
+def test_clip_on_pad_arithmetic_is_not_a_neuron():
+    """timm's Conv2dSame with dynamic H, W: max((ceil(H/s)-1)*s + k - H, 0) as Clip(x, 0) on shapes."""
+    text = """g (float[N,3,H,W] x) => (float[N,3,?,?] y) {
+        shape = Shape <start: int = 2> (x)
+        hw = Cast <to: int = 1> (shape)
+        k = Constant <value_floats: floats = [3.0, 3.0]> ()
+        need = Sub (k, hw)
+        zero = Constant <value: tensor = float {0.0}> ()
+        pad = Clip (need, zero)
+        ints = Cast <to: int = 7> (pad)
+        zeros = Constant <value_ints: ints = [0, 0]> ()
+        pads = Concat <axis: int = 0> (zeros, zeros, zeros, ints)
+        padded = Pad (x, pads)
+        y = Relu (padded)
+    }"""
+    model = graphs.ir_model(text)
+    FoldConstantsPass()(model)
+    MatchActivationsPass()(model)
+    kinds = [(n.op_type, n.domain) for n in model.graph if n.op_type in ("Clip", "Activation")]
+    assert kinds == [("Clip", ""), ("Activation", "snncc.internal")]
 
 
 def test_relu6_attribute_form_before_opset_11_matches_after_conversion():
@@ -323,13 +401,23 @@ def test_non_exact_ops_after_the_last_neuron_are_fine():
     assert find_problems(model.graph) == []
 
 
-def test_batch_axis_ops_between_neurons_are_rejected():
-    model = _matched("""c1 = Conv <pads: ints = [1,1,1,1]> (x, w1)
+def test_transposes_are_followed_and_only_a_misplaced_batch_is_rejected():
+    """Two Transposes that swap the batch axis out and back are exact; a Conv on the swapped
+    tensor would treat the channels as the batch and is refused, named."""
+    round_trip = _matched("""c1 = Conv <pads: ints = [1,1,1,1]> (x, w1)
         r1 = Relu (c1)
         t = Transpose <perm: ints = [1, 0, 2, 3]> (r1)
         t2 = Transpose <perm: ints = [1, 0, 2, 3]> (t)
         c2 = Conv <pads: ints = [1,1,1,1]> (t2, w2)
         y = Relu (c2)""")
-    problems = find_problems(model.graph)
-    assert [p.op for p in problems] == ["Transpose", "Transpose"]
-    assert "batch axis" in problems[0].reason
+    ir.passes.common.ShapeInferencePass()(round_trip)
+    assert find_problems(round_trip.graph) == []
+    swapped = _matched("""c1 = Conv <pads: ints = [1,1,1,1]> (x, w1)
+        r1 = Relu (c1)
+        t = Transpose <perm: ints = [1, 0, 2, 3]> (r1)
+        c2 = Conv <pads: ints = [1,1,1,1]> (t, w2)
+        y = Relu (c2)""", out_shape="4,N,6,6")
+    ir.passes.common.ShapeInferencePass()(swapped)
+    problems = find_problems(swapped.graph)
+    assert [p.op for p in problems] == ["Conv"]
+    assert "axis 1" in problems[0].reason and "batch" in problems[0].reason

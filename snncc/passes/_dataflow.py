@@ -10,6 +10,11 @@ A node is *between neurons* when it reads a SPIKING value and a neuron lies down
 such nodes must compute something exact on spike trains (see check_convertible). A node that
 reads SPIKING values but has no neuron downstream belongs to the read-out: it runs on the
 T-mean, where every op is exact.
+
+Besides the region, the analysis follows each data value's batch axis (T·B rows, time-major, in the
+spiking graph; B elsewhere) from the graph inputs (axis 0) through every op's rule in _batch_axis,
+and the contents of small integer shape computations element by element. Where a rule finds that
+an op mixes the rows of its batch axis, the node's reason is kept and its outputs carry no axis.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import enum
 
 import onnx_ir as ir
 
+from snncc.passes import _batch_axis
 from snncc.passes._activation import is_activation
+from snncc.passes._batch_axis import LostUpstream, NotExact, Site
 
 
 class Region(enum.Enum):
@@ -36,6 +43,12 @@ _SHAPE_OPS = frozenset({"Shape", "Size"})
 class Dataflow:
     region: dict[ir.Value, Region]
     feeds_neuron: set[ir.Node]  # nodes with a neuron downstream (activations included)
+    batch_axis: dict[ir.Value, int] = dataclasses.field(default_factory=dict)  # values that carry a batch
+    elements: dict[ir.Value, object] = dataclasses.field(default_factory=dict)  # tracked integer contents
+    mixes_batch: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # why a node loses the batch axis
+    lost_upstream: set[ir.Node] = dataclasses.field(default_factory=set)  # an input lost its axis before
+    bad_batch_read: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # uses T·B where B is meant, or the reverse
+    batch_entry: dict[ir.Node, int] = dataclasses.field(default_factory=dict)  # Reshape: target entry of the batch
 
     def of(self, value: ir.Value | None) -> Region:
         if value is None:
@@ -52,8 +65,10 @@ class Dataflow:
         return not is_activation(node) and bool(self.spiking_inputs(node)) and node not in self.feeds_neuron
 
 
-def analyse(graph: ir.Graph) -> Dataflow:
-    """Classify every value and find the nodes that feed a neuron; the graph is topologically sorted.
+def analyse(graph: ir.Graph, static_batch: int | None = None) -> Dataflow:
+    """Classify every value, find the nodes that feed a neuron and follow the batch axis; the graph
+    is topologically sorted. `static_batch`: the fixed batch size of a batch-1 export, whose
+    Reshape targets then hold it as a literal (make_batch_dynamic).
 
     Read-out nodes produce ANALOG values: they run on the T-mean of their spiking inputs.
     """
@@ -75,4 +90,65 @@ def analyse(graph: ir.Graph) -> Dataflow:
                 kind = Region.ANALOG
         for out in node.outputs:
             region[out] = kind
-    return Dataflow(region, feeds)
+    flow = Dataflow(region, feeds)
+    for value in graph.inputs:
+        if value.shape is None or len(value.shape):
+            flow.batch_axis[value] = 0
+    for node in nodes:
+        _follow_batch_axis(flow, node, static_batch)
+    return flow
+
+
+def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) -> None:
+    # a read-out node reads the T-mean of its spiking inputs: batch B, as on the analog side
+    spiking = [flow.of(v) is Region.SPIKING and not flow.is_readout(node) for v in node.inputs]
+    elements = [_contents(flow, v) for v in node.inputs]
+    axes = [flow.batch_axis.get(v) if v is not None else None for v in node.inputs]
+    if is_activation(node):
+        axis = 0 if axes[0] is not None else None  # the neuron's output is time-major on axis 0
+    else:
+        site = Site(node, axes, elements, static_batch)
+        if node.outputs and flow.of(node.outputs[0]) not in (Region.SHAPE, Region.CONSTANT):
+            try:
+                _check_batch_reads(node, elements, spiking)
+            except NotExact as reason:
+                flow.bad_batch_read[node] = str(reason)
+        try:
+            axis = _batch_axis.rule_of(node).layout(site)
+        except LostUpstream:
+            flow.lost_upstream.add(node)
+            axis = None
+        except NotExact as reason:
+            flow.mixes_batch[node] = str(reason)
+            axis = None
+        if site.batch_entry is not None:
+            flow.batch_entry[node] = site.batch_entry
+    for out in node.outputs:
+        if axis is not None:
+            flow.batch_axis[out] = axis
+    if axis is None and node.outputs and flow.of(node.outputs[0]) in (Region.SHAPE, Region.CONSTANT):
+        contents = _batch_axis.shape_elements(node, elements, axes, spiking)
+        if contents is not None and contents.size <= _batch_axis.MAX_TRACKED:
+            flow.elements[node.outputs[0]] = contents
+
+
+def _contents(flow: Dataflow, value: ir.Value | None):
+    constant = _batch_axis.constant_elements(value)
+    return constant if constant is not None else flow.elements.get(value)
+
+
+def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> None:
+    """A data op may use a read batch size only as the batch entry of a target shape or size, and
+    only one read from a tensor of its own kind (T·B from spiking values, B from analog ones)."""
+    data_spiking = bool(node.inputs) and spiking[0]
+    for index, contents in enumerate(elements):
+        if contents is None or not any(_batch_axis.depends_on_batch(e) for e in contents.reshape(-1)):
+            continue
+        if (node.op_type, index) not in _batch_axis.SHAPE_OPERANDS:
+            if any(_batch_axis.read_from_spikes(e) for e in contents.reshape(-1)):
+                raise NotExact("it uses the batch size, which is T·B in the spiking graph")
+            continue
+        if any(_batch_axis.read_from_spikes(e) != data_spiking for e in contents.reshape(-1)
+               if _batch_axis.depends_on_batch(e)):
+            raise NotExact("its target shape reads the batch size of a tensor on the other side of the "
+                           "neurons (T·B there, B here, or the reverse)")

@@ -49,14 +49,15 @@ class ExpandTimePass(ir.passes.InPlacePass):
                 modified = True
             elif flow.is_between_neurons(node):
                 for index, value in enumerate(node.inputs):
-                    if flow.of(value) is Region.ANALOG and node.op_type not in ("Reshape", "Expand"):
-                        node.replace_input_with(index, self._tile(value, node))
+                    if flow.of(value) is Region.ANALOG and value in flow.batch_axis:
+                        node.replace_input_with(index, self._tile(value, flow.batch_axis[value], node))
             elif flow.is_readout(node):
                 for index in flow.spiking_inputs(node):
-                    node.replace_input_with(index, self._time_mean(node.inputs[index], node))
+                    value = node.inputs[index]
+                    node.replace_input_with(index, self._time_mean(value, flow.batch_axis[value], node))
         for index, out in enumerate(graph.outputs):
             if flow.of(out) is Region.SPIKING:
-                self._output_time_mean(index, out)
+                self._output_time_mean(index, out, flow.batch_axis[out])
         for node in graph:
             for value in node.outputs:
                 if not value.is_graph_output() and flow.of(value) is Region.SPIKING:
@@ -82,7 +83,7 @@ class ExpandTimePass(ir.passes.InPlacePass):
             # 0: onnx.inliner (1.23) ignores a function's attribute defaults.
             attributes["constant_input"] = int(analog)
         elif analog:
-            x = self._tile(x, node)
+            x = self._tile(x, flow.batch_axis[x], node)
         base = node.name.replace("/", "_").strip("_") or "neuron"
         inputs = [x] + [self._const(f"{base}.{key}", broadcast_parameter(getattr(params, key), rank))
                         for key in ("theta_pre", "theta_post", "psi")]
@@ -91,12 +92,15 @@ class ExpandTimePass(ir.passes.InPlacePass):
         tag_neuron(neuron, node, params, self.neuron_doc, PASS_NAME)
         replace_node(self._graph, node, [neuron], [neuron.outputs[0]])
         flow.region[neuron.outputs[0]] = Region.SPIKING
+        flow.batch_axis[neuron.outputs[0]] = 0  # check_convertible: every neuron's input has its batch on axis 0
 
-    def _tile(self, value: ir.Value, consumer: ir.Node) -> ir.Value:
-        """Direct encoding: T copies of an analog value, time-major."""
+    def _tile(self, value: ir.Value, axis: int, consumer: ir.Node) -> ir.Value:
+        """Direct encoding: T copies of an analog value, time-major along its batch axis."""
         if value not in self._tiled:
             rank = rank_of(value)
-            repeats = self._const(f"{value.name}.repeats", np.array([self.steps] + [1] * (rank - 1), dtype=np.int64))
+            repeats = np.ones(rank, dtype=np.int64)
+            repeats[axis] = self.steps
+            repeats = self._const(f"{value.name}.repeats", repeats)
             tile = ir.node("Tile", [value, repeats], name=self._names(f"{value.name}/encode"))
             tile.outputs[0].name = self._names(f"{value.name}.steps")
             tag(tile, PASS_NAME, source_of(consumer), doc=f"direct encoding: the analog input repeated over T={self.steps} steps")
@@ -104,15 +108,19 @@ class ExpandTimePass(ir.passes.InPlacePass):
             self._tiled[value] = tile.outputs[0]
         return self._tiled[value]
 
-    def _mean_nodes(self, value: ir.Value, source: str) -> list[ir.Node]:
-        """Reshape [T*B, ...] -> [T, B, ...] and average over the steps."""
-        steps = self._const(f"{value.name}.steps_split", np.array([self.steps, -1], dtype=np.int64))
-        tail = ir.node("Shape", [value], attributes={"start": 1})
-        shape = ir.node("Concat", [steps, tail.outputs[0]], attributes={"axis": 0})
-        split = ir.node("Reshape", [value, shape.outputs[0]])
-        axes = self._const(f"{value.name}.time_axis", np.array([0], dtype=np.int64))
-        mean = ir.node("ReduceMean", [split.outputs[0], axes], attributes={"keepdims": 0})
-        nodes = [tail, shape, split, mean]
+    def _mean_nodes(self, value: ir.Value, axis: int, source: str) -> list[ir.Node]:
+        """Split the batch axis T*B into [T, B] and average over the steps (axis keeps its place)."""
+        def const(what: str, array: list[int]) -> ir.Value:
+            return self._const(f"{value.name}.{what}", np.array(array, dtype=np.int64))
+
+        shape = ir.node("Shape", [value])
+        head = ir.node("Slice", [shape.outputs[0], const("zero", [0]), const("batch_axis", [axis])])
+        tail = ir.node("Slice", [shape.outputs[0], const("after_batch_axis", [axis + 1]), const("end", [rank_of(value)])])
+        split_shape = ir.node("Concat", [head.outputs[0], const("steps_split", [self.steps, -1]), tail.outputs[0]],
+                              attributes={"axis": 0})
+        split = ir.node("Reshape", [value, split_shape.outputs[0]])
+        mean = ir.node("ReduceMean", [split.outputs[0], const("time_axis", [axis])], attributes={"keepdims": 0})
+        nodes = [shape, head, tail, split_shape, split, mean]
         for n in nodes:
             n.name = self._names(f"{value.name}/time_mean/{n.op_type}")
             for out in n.outputs:
@@ -120,16 +128,16 @@ class ExpandTimePass(ir.passes.InPlacePass):
             tag(n, PASS_NAME, source, doc=f"read-out: mean over the T={self.steps} time-steps")
         return nodes
 
-    def _time_mean(self, value: ir.Value, consumer: ir.Node) -> ir.Value:
+    def _time_mean(self, value: ir.Value, axis: int, consumer: ir.Node) -> ir.Value:
         if value not in self._means:
-            nodes = self._mean_nodes(value, source_of(consumer))
+            nodes = self._mean_nodes(value, axis, source_of(consumer))
             self._graph.insert_before(consumer, nodes)
             self._means[value] = nodes[-1].outputs[0]
         return self._means[value]
 
-    def _output_time_mean(self, index: int, value: ir.Value) -> None:
+    def _output_time_mean(self, index: int, value: ir.Value, axis: int) -> None:
         """A spiking graph output: the output name now carries the T-mean."""
-        nodes = self._mean_nodes(value, value.name)
+        nodes = self._mean_nodes(value, axis, value.name)
         self._graph.extend(nodes)
         mean = nodes[-1].outputs[0]
         old_name, shape, dtype = value.name, value.shape, value.type

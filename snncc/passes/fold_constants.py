@@ -1,8 +1,10 @@
 """Shape inference and constant folding of static subgraphs.
 
 Invariant after the pass: every subgraph that depends only on constants and on static dimensions
-of tensors (e.g. "same" padding computed through Shape/Slice/Pad while the batch stays dynamic)
-is a constant, and value shapes are inferred.
+of tensors (e.g. "same" padding computed through Shape/Slice/Pad while the batch stays dynamic,
+or pads built from ConstantOfShape zeros) is a constant, and value shapes are inferred. Only
+ConstantOfShape outputs of at most MAX_FOLDED_ELEMENTS elements are materialised: a big one (a
+mask or a zero tensor of feature-map size) stays a node, so folding never bloats the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from onnxscript import optimizer
 from snncc.passes._graph import NameGenerator, const_array, infer_shapes
 
 _MAX_ROUNDS = 8
+MAX_FOLDED_ELEMENTS = 4096
 
 
 def _static_dims(value: ir.Value) -> list[int | None] | None:
@@ -82,12 +85,22 @@ def _fold_static_shape_reads(graph: ir.Graph) -> bool:
     return folded
 
 
+def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
+    """True for a ConstantOfShape of a constant, small shape; None leaves the folder's defaults
+    (which keep every ConstantOfShape)."""
+    if node.op_type != "ConstantOfShape" or node.domain != "":
+        return None
+    shape = const_array(node.inputs[0])
+    return True if shape is not None and int(np.prod(shape)) <= MAX_FOLDED_ELEMENTS else None
+
+
 class FoldConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for _ in range(_MAX_ROUNDS):
             infer_shapes(model)
-            changed = bool(optimizer.fold_constants(model, onnx_shape_inference=True).modified)
+            changed = bool(optimizer.fold_constants(model, onnx_shape_inference=True,
+                                                             should_fold=_fold_small_constant_of_shape).modified)
             changed |= _fold_static_shape_reads(model.graph)
             optimizer.remove_unused_nodes(model)
             modified |= changed

@@ -1,9 +1,14 @@
-"""Make the batch dimension dynamic.
+"""Make the batch dimension dynamic ("static batch in, dynamic out").
 
-Invariant after the pass: dimension 0 of every graph input and output is the symbol `N`, and a
-Reshape whose constant target shape hard-coded the exported static batch size copies dimension 0
-from its input instead (entry 0), so the graph runs at any batch size, including the T*B batch of
-the spiking graph.
+A model exported with a fixed batch (torch's exporters without dynamic axes) hard-codes that size
+in its Reshape targets, e.g. [1, 3136], or [1, 2, 24, 8, 8] with allowzero=1. The dataflow
+analysis follows the batch axis from the inputs and finds, for each Reshape, the target entry that
+holds the batch; that entry becomes -1 (or 0, copying the batch from the same axis of the input).
+
+Invariant after the pass: dimension 0 of every graph input and output is the symbol `N`, and no
+Reshape on the data path hard-codes the exported batch size, so the graph runs at any batch size,
+including the T*B batch of the spiking graph. A Reshape whose batch entry cannot be found is
+refused with an SnnccError naming it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from snncc.passes._graph import NameGenerator, add_initializer, const_array, infer_shapes
+from snncc.errors import SnnccError
+from snncc.passes._dataflow import analyse
+from snncc.passes._graph import NameGenerator, add_initializer, const_array, infer_shapes, source_of
 
 BATCH = "N"
 
@@ -28,15 +35,17 @@ def _with_symbolic_batch(value: ir.Value) -> bool:
 
 
 class MakeBatchDynamicPass(ir.passes.InPlacePass):
+    def __init__(self, source: str = "model"):
+        super().__init__()
+        self.source = source
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         static = _static_batch(graph.inputs)
         modified = False
-        if static:
-            names = NameGenerator(graph)
-            for node in graph:
-                if node.op_type == "Reshape" and node.domain == "":
-                    modified |= _copy_batch_in_reshape(graph, names, node, static)
+        if len(static) == 1:
+            common_passes.TopologicalSortPass()(model)
+            modified = self._free_reshapes(graph, next(iter(static)))
         for value in [*graph.inputs, *graph.outputs]:
             modified |= _with_symbolic_batch(value)
         if modified and static:
@@ -47,14 +56,41 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
             infer_shapes(model)
         return ir.passes.PassResult(model, modified=modified)
 
+    def _free_reshapes(self, graph: ir.Graph, batch: int) -> bool:
+        flow = analyse(graph, static_batch=batch)
+        names = NameGenerator(graph)
+        modified = False
+        for node in graph:
+            if node.op_type != "Reshape" or node.domain != "" or node.inputs[0] not in flow.batch_axis:
+                continue
+            target = const_array(node.inputs[1])
+            if target is None:
+                continue
+            entry = flow.batch_entry.get(node)
+            if entry is None:
+                reason = flow.mixes_batch.get(node, "snncc cannot tell which entry of its target is the batch")
+                raise SnnccError(f"{self.source}: node '{source_of(node)}' (Reshape) hard-codes the exported batch "
+                                 f"size {batch} in its target {target.tolist()}, and {reason}; export the model "
+                                 "with a dynamic batch axis")
+            if int(target[entry]) != batch or int(target[entry]) in (0, -1):
+                continue
+            node.replace_input_with(1, add_initializer(graph, names, f"{node.inputs[1].name}_dynamic_batch",
+                                                       self._dynamic_target(node, target, entry, flow.batch_axis[node.inputs[0]])))
+            modified = True
+        return modified
 
-def _copy_batch_in_reshape(graph: ir.Graph, names: NameGenerator, node: ir.Node, static: set[int]) -> bool:
-    target = const_array(node.inputs[1])
-    if target is None or target.ndim != 1 or not len(target) or int(target[0]) not in static:
-        return False
-    if "allowzero" in node.attributes and node.attributes["allowzero"].as_int() == 1:
-        return False
-    fixed = target.copy()
-    fixed[0] = 0
-    node.replace_input_with(1, add_initializer(graph, names, f"{node.inputs[1].name}_dynamic_batch", fixed.astype(np.int64)))
-    return True
+    def _dynamic_target(self, node: ir.Node, target: np.ndarray, entry: int, axis: int) -> np.ndarray:
+        """The target with its batch entry inferred (-1) or copied from the input's batch axis (0)."""
+        fixed = target.astype(np.int64).copy()
+        allowzero = "allowzero" in node.attributes and node.attributes["allowzero"].as_int() == 1
+        if -1 not in fixed:
+            fixed[entry] = -1
+        elif entry == axis and not (allowzero and 0 in fixed):
+            fixed[entry] = 0
+            if allowzero:
+                node.attributes["allowzero"] = ir.AttrInt64("allowzero", 0)
+        else:
+            raise SnnccError(f"{self.source}: node '{source_of(node)}' (Reshape) hard-codes the exported batch size "
+                             f"in entry {entry} of its target {target.tolist()}, which already infers another "
+                             "entry (-1); export the model with a dynamic batch axis")
+        return fixed

@@ -6,6 +6,9 @@ Recognised (after opset conversion and constant folding):
   and multiply-by-reciprocal variants of both divisions;
 - ``Relu``, ``Max(x, 0)``, ``Clip(x, 0)`` (ReLU) and ``Clip(x, 0, a)`` with a > 0 (ReLU6, ClipReLU).
 
+Only float tensors on the data path are matched: a Clip(x, 0) or Max(x, 0) in integer or shape
+arithmetic (e.g. "same" padding computed from the input's H and W) is not a neuron.
+
 Invariant after the pass: each matched activation is a single `snncc.internal::Activation` node
 whose attributes hold kind, θ, T̃ and clip bound, and whose metadata names the replaced nodes.
 """
@@ -43,6 +46,34 @@ def _channel_vector(array: np.ndarray, rank: int | None) -> np.ndarray | None:
     return array.reshape(-1).astype(np.float32)
 
 
+_FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
+
+
+def shape_or_constant_values(graph: ir.Graph) -> set[ir.Value]:
+    """Values computed only from constants and tensor shapes (Shape, Size), not from data."""
+    found: set[ir.Value] = set()
+    for node in graph:
+        if (node.domain == "" and node.op_type in ("Shape", "Size")) or all(
+                v is None or v in found or (v.producer() is None and not v.is_graph_input()) for v in node.inputs):
+            found.update(node.outputs)
+    return found
+
+
+class _DataPathRule(RewriteRuleClassBase):
+    """A rule that matches only activations of float tensors on the data path."""
+
+    def __init__(self, not_data: set[ir.Value], name: str | None = None):
+        super().__init__(name=name)
+        self.not_data = not_data
+
+    def off_data_path(self, x: ir.Value) -> str | None:
+        if x in self.not_data:
+            return "its input derives only from shapes and constants"
+        if x.dtype is not None and x.dtype not in _FLOAT_TYPES:
+            return f"its input is {x.dtype.name}, not a float tensor"
+        return None
+
+
 def _emit(op, x: ir.Value, record: Activation, matched: list[ir.Value]) -> ir.Value:
     out = op.Activation(x, _domain=INTERNAL_DOMAIN, **record.attributes())
     out.shape, out.type = x.shape, x.type  # elementwise; ONNX shape inference cannot see through it
@@ -53,12 +84,12 @@ def _emit(op, x: ir.Value, record: Activation, matched: list[ir.Value]) -> ir.Va
     return out
 
 
-class QcfsChain(RewriteRuleClassBase):
+class QcfsChain(_DataPathRule):
     """QCFS: θ/T̃ · floor(clip(x/θ, 0, 1)·T̃ + 0.5), the form torch exporters emit."""
 
-    def __init__(self, reciprocal_in: bool, reciprocal_out: bool):
+    def __init__(self, not_data: set[ir.Value], reciprocal_in: bool, reciprocal_out: bool):
         suffix = f"{'mul' if reciprocal_in else 'div'}_{'mul' if reciprocal_out else 'div'}"
-        super().__init__(name=f"qcfs_{suffix}")
+        super().__init__(not_data, name=f"qcfs_{suffix}")
         self.reciprocal_in = reciprocal_in
         self.reciprocal_out = reciprocal_out
 
@@ -75,6 +106,8 @@ class QcfsChain(RewriteRuleClassBase):
 
     def check(self, context, x, theta_in, lo, hi, levels_up, half, levels_down, theta_out, **_):
         result = MatchResult()
+        if self.off_data_path(x):
+            return result.fail(self.off_data_path(x))
         consts = {k: const_array(v) for k, v in dict(theta_in=theta_in, lo=lo, hi=hi, levels_up=levels_up,
                                                      half=half, levels_down=levels_down, theta_out=theta_out).items()}
         missing = [k for k, v in consts.items() if v is None]
@@ -107,19 +140,25 @@ class QcfsChain(RewriteRuleClassBase):
         return _emit(op, x, record, [bound[s] for s in _QCFS_STAGES])
 
 
-class ReluOp(RewriteRuleClassBase):
+class ReluOp(_DataPathRule):
     def pattern(self, op, x):
         return op.Relu(x, _outputs=["out"])
+
+    def check(self, context, x, **_):
+        reason = self.off_data_path(x)
+        return MatchResult().fail(reason) if reason else MatchResult()
 
     def rewrite(self, op, x, out):
         return _emit(op, x, Activation(RELU), [out])
 
 
-class MaxZero(RewriteRuleClassBase):
+class MaxZero(_DataPathRule):
     def pattern(self, op, x, zero):
         return op.Max(x, zero, _outputs=["out"])
 
     def check(self, context, x, zero, **_):
+        if self.off_data_path(x):
+            return MatchResult().fail(self.off_data_path(x))
         value = const_array(zero)
         if value is None or value.size != 1 or float(value.reshape(-1)[0]) != 0.0:
             return MatchResult().fail("Max is not against the constant 0")
@@ -129,11 +168,11 @@ class MaxZero(RewriteRuleClassBase):
         return _emit(op, x, Activation(RELU), [out])
 
 
-class ClipFromZero(RewriteRuleClassBase):
+class ClipFromZero(_DataPathRule):
     """Clip(x, 0) is ReLU; Clip(x, 0, a) with a > 0 is ClipReLU (ReLU6 for a = 6)."""
 
-    def __init__(self, with_max: bool):
-        super().__init__(name="clip_relu" if with_max else "clip_min_zero")
+    def __init__(self, not_data: set[ir.Value], with_max: bool):
+        super().__init__(not_data, name="clip_relu" if with_max else "clip_min_zero")
         self.with_max = with_max
 
     def pattern(self, op, x, lo, hi=None):
@@ -143,6 +182,8 @@ class ClipFromZero(RewriteRuleClassBase):
 
     def check(self, context, x, lo, hi=None, **_):
         result = MatchResult()
+        if self.off_data_path(x):
+            return result.fail(self.off_data_path(x))
         low = const_array(lo)
         if low is None or low.size != 1 or float(low.reshape(-1)[0]) != 0.0:
             return result.fail("Clip minimum is not the constant 0")
@@ -159,18 +200,45 @@ class ClipFromZero(RewriteRuleClassBase):
         return _emit(op, x, record, [out])
 
 
-def _rule_stages() -> list[RewriteRuleSet]:
+def _rule_stages(not_data: set[ir.Value]) -> list[RewriteRuleSet]:
     """QCFS chains first: their inner Clip(0, 1) would otherwise match as a ClipReLU."""
-    qcfs = [QcfsChain.rule(a, b) for a in (False, True) for b in (False, True)]
-    relu = [ReluOp.rule(), MaxZero.rule(), ClipFromZero.rule(True), ClipFromZero.rule(False)]
+    qcfs = [QcfsChain.rule(not_data, a, b) for a in (False, True) for b in (False, True)]
+    relu = [ReluOp.rule(not_data), MaxZero.rule(not_data), ClipFromZero.rule(not_data, True),
+            ClipFromZero.rule(not_data, False)]
     return [RewriteRuleSet(qcfs, commute=True), RewriteRuleSet(relu, commute=True)]
 
 
 class MatchActivationsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        count = sum(stage.apply_to_model(model) for stage in _rule_stages())
+        not_data = shape_or_constant_values(model.graph)
+        count = sum(stage.apply_to_model(model) for stage in _rule_stages(not_data))
         model.opset_imports.setdefault(INTERNAL_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=count > 0)
 
 
 __all__ = ["MatchActivationsPass", "OP_TYPE"]
+
+
+_OTHER_ACTIVATIONS = {"Sigmoid": "Sigmoid", "HardSigmoid": "HardSigmoid", "Tanh": "Tanh", "Gelu": "GELU",
+                      "HardSwish": "Hardswish", "LeakyRelu": "LeakyReLU", "PRelu": "PReLU", "Elu": "ELU",
+                      "Selu": "SELU", "Celu": "CELU", "Softplus": "Softplus", "Mish": "Mish", "Softsign": "Softsign"}
+
+
+def other_activations(graph: ir.Graph) -> dict[str, int]:
+    """Activations outside the ReLU family, counted by name: x·Sigmoid(x) is SiLU, x·HardSigmoid(x)
+    Hardswish, x·Φ(x) through Erf GELU, a Sigmoid or HardSigmoid multiplied into other features a gate."""
+    found: dict[str, int] = {}
+    for node in graph:
+        if node.domain != "":
+            continue
+        name = _OTHER_ACTIVATIONS.get(node.op_type)
+        if node.op_type == "Erf":
+            name = "GELU"
+        elif node.op_type in ("Sigmoid", "HardSigmoid"):
+            uses = [use.node for use in node.outputs[0].uses()]
+            if uses and all(u.op_type == "Mul" for u in uses):
+                swish = all(node.inputs[0] in u.inputs for u in uses)
+                name = ("SiLU" if node.op_type == "Sigmoid" else "Hardswish") if swish else f"{name} gate"
+        if name:
+            found[name] = found.get(name, 0) + 1
+    return found
