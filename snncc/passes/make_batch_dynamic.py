@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 
 from snncc.errors import SnnccError
 from snncc.passes._dataflow import analyse
