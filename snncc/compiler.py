@@ -82,7 +82,7 @@ class CompileResult:
     layers: list[LayerSummary]
 
 
-def canonicalize(model: ir.Model) -> None:
+def canonicalize(model: ir.Model, source: str = "model") -> None:
     """Passes that bring any exporter's graph to one form; shared by compile and inspect."""
     # One by one: ir.passes.Sequential would wrap a user error (SnnccError) in a PassError.
     for canonical_pass in (
@@ -92,7 +92,7 @@ def canonicalize(model: ir.Model) -> None:
         FoldConstantsPass(),
         RemoveNoOpsPass(),
         FoldBatchNormPass(),
-        MakeBatchDynamicPass(),
+        MakeBatchDynamicPass(source),
     ):
         canonical_pass(model)
 
@@ -101,9 +101,9 @@ def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
     return model if isinstance(model, ir.Model) else ir.from_proto(model)
 
 
-def analyse_activations(model: ir.Model) -> ir.Model:
+def analyse_activations(model: ir.Model, source: str = "model") -> ir.Model:
     """Canonicalise, match activations and move MaxPools: the ANN as snncc understands it."""
-    canonicalize(model)
+    canonicalize(model, source)
     MatchActivationsPass()(model)
     MoveMaxPoolAfterActivationPass()(model)
     ir.passes.common.TopologicalSortPass()(model)
@@ -140,7 +140,7 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
     """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
-    graph_model = analyse_activations(to_ir(model))
+    graph_model = analyse_activations(to_ir(model), options.source)
     _check_data_needs(graph_model, options)
     SetQcfsParametersPass(options.steps, options.levels)(graph_model)
     calibration = {"done": False}

@@ -45,7 +45,7 @@ def _describe_snn(model: onnx.ModelProto, source: str) -> str:
 
 
 def _describe_ann(model: onnx.ModelProto, source: str) -> str:
-    graph_model = analyse_activations(to_ir(model))
+    graph_model = analyse_activations(to_ir(model), source)
     activations = [n for n in graph_model.graph if is_activation(n)]
     lines = [f"{source}: ANN, opset {model.opset_import[0].version if model.opset_import else '?'}, "
              f"{len(model.graph.node)} nodes, {len(activations)} activations"]

@@ -81,6 +81,8 @@ EXACT = {
     "concat_two_spiking": Case("y = Concat <axis: int = 1> (a, b)", (BATCH, 3, 4, 4), two=True),
     "reduce_mean_spatial": Case("y = ReduceMean <keepdims: int = 0> (a, axes)", (BATCH, 3, 4, 4), consts=(("axes", np.array([2, 3])),)),
     "add_two_spiking": Case("y = Add (a, b)", (BATCH, 3, 4, 4), two=True),
+    "cumsum": Case("y = CumSum (a, along)", (BATCH, 3, 4, 4), consts=(("along", np.array(2)),)),
+    "trilu": Case("y = Trilu (a)", (BATCH, 3, 4, 4)),
 }
 
 NOT_EXACT = {
@@ -93,6 +95,7 @@ NOT_EXACT = {
     "resize_batch_axis": Case("y = Resize <mode: string = \"linear\"> (a, , scales)", (BATCH, 3),
                               consts=(("scales", np.array([2, 1], np.float32)),)),
     "pad_batch_axis": Case("y = Pad (a, pads)", (BATCH, 3, 4, 4), consts=(("pads", np.array([1, 0, 0, 0, 0, 0, 0, 0])),)),
+    "cumsum_over_batch": Case("y = CumSum (a, along)", (BATCH, 3, 4, 4), consts=(("along", np.array(0)),)),
     "sigmoid": Case("y = Sigmoid (a)", (BATCH, 3, 4, 4)),
     "lrn": Case("y = LRN <size: int = 3> (a)", (BATCH, 3, 4, 4)),
     "softmax_over_batch": Case("y = Softmax <axis: int = 0> (a)", (BATCH, 3)),

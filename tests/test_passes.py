@@ -207,10 +207,21 @@ def test_reshape_that_drops_the_static_batch_is_refused_by_name():
     }"""
     model = graphs.ir_model(text)
     FoldConstantsPass()(model)
-    with pytest.raises(SnnccError, match="'y'.*Reshape.*batch size 1"):
-        for node in model.graph:
-            node.name = node.outputs[0].name
-        MakeBatchDynamicPass()(model)
+    for node in model.graph:
+        node.name = node.outputs[0].name
+    with pytest.raises(SnnccError, match="^net.onnx: node 'y' \\(Reshape\\) hard-codes the exported batch size 1"):
+        MakeBatchDynamicPass("net.onnx")(model)
+
+
+def test_constant_part_with_the_static_batch_is_refused_by_name():
+    """A constant of batch 1 concatenated to the data would make calibration (batches) fail in ONNX Runtime."""
+    model = graphs.ir_model("""g (float[1,3,6,6] x) => (float[1,4,6,6] y) <float[1,1,6,6] c = {%s}> {
+        y = Concat <axis: int = 1> (x, c)
+    }""" % ",".join(["0.5"] * 36))
+    FoldConstantsPass()(model)
+    model.graph.node(0).name = "y"
+    with pytest.raises(SnnccError, match="^net.onnx: node 'y' \\(Concat\\).*fixed batch size"):
+        MakeBatchDynamicPass("net.onnx")(model)
 
 
 # --- match_activations -----------------------------------------------------------------------

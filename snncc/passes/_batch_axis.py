@@ -13,9 +13,9 @@ Each op has one `Rule` in RULES:
   merges it with a preceding axis, a Conv whose batch axis is not axis 0, ...);
 - `linear`: the inputs in which it is affine with coefficients independent of them ("all"
   inputs jointly, "each" one of them at a time, the listed ones, or none).
-A value that carries no batch axis is a constant or a shape computation; its small integer
-contents are tracked element by element (`Elements`) so that a shape read of the batch (T·B in
-the spiking graph) can be told apart from reads of H and W (the same in the SNN).
+A value that carries no batch axis is a constant or a shape computation; the rules read its
+contents as _shape_contents tracks them, so that a shape read of the batch (T·B in the spiking
+graph) can be told apart from reads of H and W (the same in the SNN).
 """
 
 from __future__ import annotations
@@ -27,41 +27,19 @@ import numpy as np
 import onnx_ir as ir
 
 from snncc.passes._graph import const_array
+from snncc.passes._shape_contents import BatchDim, Unknown, depends_on_batch
 
 
 class NotExact(Exception):
     """The op mixes time steps or batch entries; the message says how."""
 
 
+class FixedBatch(NotExact):
+    """A constant part has the exported batch size: the graph runs at that batch size only."""
+
+
 class LostUpstream(NotExact):
     """An input that must carry the batch does not: the node that lost it is reported instead."""
-
-
-@dataclasses.dataclass(frozen=True)
-class BatchDim:
-    """A shape element equal to the batch size of a data value (T·B if `spiking`, else B)."""
-
-    spiking: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Unknown:
-    """A shape element of unknown value; `batch` if it depends on a batch size."""
-
-    batch: bool
-    spiking: bool = False
-
-
-FREE = Unknown(False)
-MAX_TRACKED = 64  # integer tensors up to this size are tracked element by element
-
-
-def depends_on_batch(element) -> bool:
-    return isinstance(element, BatchDim) or (isinstance(element, Unknown) and element.batch)
-
-
-def read_from_spikes(element) -> bool:
-    return isinstance(element, (BatchDim, Unknown)) and element.spiking
 
 
 @dataclasses.dataclass
@@ -164,7 +142,7 @@ def broadcast(site: Site) -> int | None:
         if value is None or site.axes[i] is not None or dims is None:
             continue
         position = axis - (rank - len(dims))
-        if 0 <= position < len(dims) and dims[position] != 1:
+        if 0 <= position < len(dims) and dims[position] not in (1, None):
             raise NotExact(f"operand '{value.name}' has size {dims[position]} along the batch axis: "
                            "it would not broadcast over T·B rows")
     return axis
@@ -201,6 +179,15 @@ def reduce(site: Site) -> int | None:
     return axis if site.attr("keepdims", 1) else _removed_before(axis, axes)
 
 
+def reduce_along(default: int) -> Callable[[Site], int]:
+    """ArgMax/ArgMin: one axis, reduced unless keepdims."""
+    def rule(site: Site) -> int:
+        axis = _along(site, default)
+        along = site.normalised([site.attr("axis", default)], site.rank())[0]
+        return axis if site.attr("keepdims", 1) else _removed_before(axis, [along])
+    return rule
+
+
 def _along(site: Site, default: int | None) -> int:
     """For ops that work along one axis (Concat, Split, Softmax): not the batch axis."""
     axis = _data_axis(site)
@@ -214,13 +201,33 @@ def _along(site: Site, default: int | None) -> int:
 
 def concat(site: Site) -> int:
     axis = _along(site, None)
-    if any(a != axis for a, v in zip(site.axes, site.node.inputs) if v is not None):
-        raise NotExact("its inputs do not all carry the batch on the same axis (a constant part has a fixed batch size)")
+    if any(a is None for a, v in zip(site.axes, site.node.inputs) if v is not None):
+        raise FixedBatch("a part of it carries no batch axis: a constant or shape-computed part has a fixed batch size")
+    if any(a != axis for a in site.axes):
+        raise NotExact("its inputs carry the batch on different axes")
     return axis
 
 
 def along_axis(default: int | None) -> Callable[[Site], int]:
     return lambda site: _along(site, default)
+
+
+def cumsum(site: Site) -> int:
+    axis = site.axis(0)
+    along = site.const(1)
+    if along is None:
+        raise NotExact("its axis is not constant")
+    if site.normalised(along.reshape(-1).tolist(), site.rank())[0] == axis:
+        raise NotExact("it sums along the batch axis, which carries the time steps")
+    return axis
+
+
+def last_two_axes(site: Site) -> int:
+    """Trilu works on the last two axes; the batch must be before them."""
+    rank = site.rank()
+    if rank is None or site.axis(0) >= rank - 2:
+        raise NotExact("it works on the batch axis")
+    return site.axis(0)
 
 
 def transpose(site: Site) -> int:
@@ -295,14 +302,17 @@ def gather_nd(site: Site) -> int:
 
 
 def _batch_unchanged(site: Site, entries, what: str) -> None:
-    """A per-axis size or factor list that must leave the batch axis as it is."""
+    """A per-axis factor (1) or size (the batch read from the input, or the exported static batch,
+    which make_batch_dynamic then reads from the input) that leaves the batch axis as it is."""
     axis = site.axis(0)
     if entries is None:
         return
-    entries = np.asarray(entries, dtype=object).reshape(-1)
-    if axis < len(entries) and not (entries[axis] == 1 if what == "factor" else isinstance(entries[axis], BatchDim)):
-        raise NotExact(f"its {what} for the batch axis ({entries[axis]}) is not "
-                       f"{'1' if what == 'factor' else 'the batch size read from its input'}")
+    entry = np.asarray(entries, dtype=object).reshape(-1)[axis]
+    if what == "factor":
+        if entry != 1:
+            raise NotExact(f"its factor for the batch axis is {entry}, not 1")
+    elif not (isinstance(entry, BatchDim) or (site.static_batch is not None and entry == site.static_batch)):
+        raise NotExact(f"its size for the batch axis ({entry}) is not the batch size read from its input")
 
 
 def resize(site: Site) -> int:
@@ -325,44 +335,46 @@ def resize(site: Site) -> int:
 
 
 def pad(site: Site) -> int:
-    """Every Pad mode is a selection plus constants: exact unless it pads the batch axis."""
+    """Every Pad mode is a selection plus constants: exact unless it pads the batch axis. The pads
+    may be computed from the input's H and W (TF "same" padding): they are the same in the SNN."""
     axis = site.axis(0)
-    pads = site.const(1)
+    pads = site.elements[1]
     if pads is None:
-        raise NotExact("its pads are not constant")
-    axes = site.const_axes(3) if site.input(3) is not None else list(range(pads.size // 2))
-    begins, ends = pads[: len(axes)], pads[len(axes):]
-    if any(a == axis and (b or e) for a, b, e in zip(axes, begins, ends)):
-        raise NotExact("it pads the batch axis, which carries the time steps")
+        raise NotExact("its pads are not known")
+    pads = list(pads.reshape(-1))
+    if any(depends_on_batch(p) for p in pads):
+        raise NotExact("its pads depend on the batch size")
+    axes = site.const_axes(3) if site.input(3) is not None else list(range(len(pads) // 2))
+    for a, begin, end in zip(axes, pads[: len(axes)], pads[len(axes):]):
+        if a == axis and not all(isinstance(p, (int, np.integer)) and p == 0 for p in (begin, end)):
+            raise NotExact("it pads the batch axis, which carries the time steps")
     return axis
 
 
-def _repeat_entries(site: Site, what: str) -> int:
-    axis = site.axis(0)
+def expand(site: Site) -> int | None:
+    """Broadcast to a target shape: the batch axis must stay as it is (target 1 or the batch read
+    from a tensor). A constant expanded to a read batch size (a class token) gains that axis."""
     entries = site.elements[1]
     if entries is None:
-        raise NotExact(f"its {what} are not known")
-    entries = entries.reshape(-1)
+        raise NotExact("its target shape is not known")
+    entries = list(entries.reshape(-1))
+    if site.axes[0] is None:
+        batch = [i for i, e in enumerate(entries) if isinstance(e, BatchDim)]
+        return batch[0] if len(batch) == 1 else None
+    axis = site.axes[0]
     position = axis + len(entries) - (site.rank() or 0)
-    if what == "repeats":
-        if position < len(entries) and entries[position] != 1:
-            raise NotExact("it repeats the batch axis")
-        return axis
     if 0 <= position < len(entries) and not (entries[position] == 1 or isinstance(entries[position], BatchDim)):
         raise NotExact(f"it expands the batch axis to {entries[position]}")
     return max(axis, position)
 
 
-def expand(site: Site) -> int:
-    return _repeat_entries(site, "shape")
-
-
 def tile(site: Site) -> int:
-    return _repeat_entries(site, "repeats")
-
-
-def depth_space(site: Site) -> int:
-    return batch_first(site)
+    repeats = site.const(1)
+    if repeats is None:
+        raise NotExact("its repeats are not constant")
+    if repeats.reshape(-1)[site.axis(0)] != 1:
+        raise NotExact("it repeats the batch axis")
+    return site.axis(0)
 
 
 def matmul(site: Site) -> int:
@@ -508,8 +520,8 @@ RULES: dict[str, Rule] = {
     "GlobalMaxPool": Rule(batch_first, ()),
     "LpPool": Rule(batch_first, ()), "GlobalLpPool": Rule(batch_first, ()),
     "LRN": Rule(batch_first, ()), "InstanceNormalization": Rule(batch_first, ()),
-    "DepthToSpace": Rule(depth_space, (0,)),
-    "SpaceToDepth": Rule(depth_space, (0,)),
+    "DepthToSpace": Rule(batch_first, (0,)),
+    "SpaceToDepth": Rule(batch_first, (0,)),
     "BatchNormalization": Rule(not_channel_axis, (0,)),
     "MatMul": Rule(matmul, (0, 1)),
     "Gemm": Rule(gemm, (0,)),
@@ -517,6 +529,13 @@ RULES: dict[str, Rule] = {
     "ReduceMean": Rule(reduce, (0,)), "ReduceSum": Rule(reduce, (0,)),
     **{op: Rule(reduce, ()) for op in ("ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",
                                        "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+    "ArgMax": Rule(reduce_along(0), ()), "ArgMin": Rule(reduce_along(0), ()),
+    "TopK": Rule(along_axis(-1), ()),
+    "CumSum": Rule(cumsum, (0,)),
+    "Trilu": Rule(last_two_axes, (0,)),
+    "Dropout": Rule(keep_axis, (0,)),
+    "GroupNormalization": Rule(batch_first, ()), "MeanVarianceNormalization": Rule(batch_first, ()),
+    "LpNormalization": Rule(along_axis(-1), ()),
     "Softmax": Rule(along_axis(-1), ()), "LogSoftmax": Rule(along_axis(-1), ()), "Hardmax": Rule(along_axis(-1), ()),
     "LayerNormalization": Rule(along_axis(-1), ()),
     "Concat": Rule(concat, "all"),
@@ -561,73 +580,3 @@ def linearity_problem(node: ir.Node, spiking: list[int]) -> str | None:
         return (f"its input {outside[0]} is spiking, but {node.op_type} is affine only in input(s) "
                 f"{', '.join(map(str, linear))} (e.g. a product of spiking tensors is not linear)")
     return None
-
-
-# --- tracked contents of small integer tensors ---------------------------------------------------
-
-_ELEMENTWISE_INT = frozenset({"Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Ceil", "Floor", "Max", "Min",
-                              "Clip", "Cast", "Where", "Equal", "Less", "Greater", "Not", "Sqrt", "Round",
-                              "Identity", "Sign", "Reciprocal", "Pow", "CastLike"})
-
-
-def constant_elements(value: ir.Value | None) -> np.ndarray | None:
-    array = const_array(value)
-    if array is None or array.size > MAX_TRACKED:
-        return None
-    return array.astype(object)
-
-
-def _any(elements: list[np.ndarray | None]) -> Unknown:
-    flat = [e for arr in elements if arr is not None for e in arr.reshape(-1)]
-    return Unknown(any(depends_on_batch(e) for e in flat), any(read_from_spikes(e) for e in flat))
-
-
-def shape_elements(node: ir.Node, inputs: list[np.ndarray | None], axes: list[int | None],
-                   spiking: list[bool]) -> np.ndarray | None:
-    """The contents of output 0 of a shape computation, element by element where it can tell."""
-    op = node.op_type
-    attrs = node.attributes
-    if op == "Shape":
-        value = node.inputs[0]
-        if value.shape is None:
-            return None
-        dims = [BatchDim(spiking[0]) if i == axes[0] else (d if isinstance(d, int) else FREE)
-                for i, d in enumerate(value.shape)]
-        start = attrs["start"].as_int() if "start" in attrs else 0
-        end = attrs["end"].as_int() if "end" in attrs else len(dims)
-        return np.array(dims[start:end] + [None], dtype=object)[:-1]
-    if op == "Size":
-        return np.array(Unknown(axes[0] is not None, spiking[0]), dtype=object)
-    if inputs and inputs[0] is not None:
-        data = inputs[0]
-        if op == "Gather" and inputs[1] is not None and data.ndim == 1 and all(isinstance(i, (int, np.integer)) for i in inputs[1].reshape(-1)):
-            indices = np.asarray(inputs[1].tolist(), dtype=np.int64)
-            picked = np.empty(indices.shape, dtype=object)
-            for index in np.ndindex(indices.shape):
-                picked[index] = data[indices[index]]
-            return picked
-        if op == "Slice" and data.ndim == 1 and all(x is not None for x in inputs[1:3]):
-            params = [x.reshape(-1).tolist() for x in inputs[1:] if x is not None]
-            if all(isinstance(p, (int, np.integer)) for ps in params for p in ps) and len(params[0]) == 1:
-                step = int(params[3][0]) if len(params) > 3 else 1
-                return data[int(params[0][0]):int(params[1][0]):step]
-        if op == "Concat" and all(x is not None and x.ndim == 1 for x in inputs):
-            return np.concatenate(inputs)
-        if op in ("Unsqueeze", "Squeeze", "Reshape", "Flatten") and data.size <= 1:
-            return data.reshape(-1) if op != "Squeeze" else data.reshape(())
-        if op in ("Unsqueeze", "Reshape") and data.ndim <= 1:
-            return data.reshape(-1)
-    if op in _ELEMENTWISE_INT and all(x is not None for x in inputs if x is not None):
-        known = [x for x in inputs if x is not None]
-        if op in ("Cast", "Identity", "CastLike") and known:
-            return inputs[0]
-        try:
-            shape = np.broadcast_shapes(*(x.shape for x in known))
-        except ValueError:
-            return None
-        out = np.empty(shape, dtype=object)
-        for index in np.ndindex(shape):
-            parts = [np.broadcast_to(x, shape)[index] for x in known]
-            out[index] = _any([np.array(parts, dtype=object)])
-        return out
-    return np.array(_any(inputs), dtype=object)

@@ -22,11 +22,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 
+import numpy as np
 import onnx_ir as ir
 
-from snncc.passes import _batch_axis
+from snncc.passes import _batch_axis, _shape_contents
 from snncc.passes._activation import is_activation
-from snncc.passes._batch_axis import LostUpstream, NotExact, Site
+from snncc.passes._batch_axis import FixedBatch, LostUpstream, NotExact, Site
 
 
 class Region(enum.Enum):
@@ -46,6 +47,7 @@ class Dataflow:
     batch_axis: dict[ir.Value, int] = dataclasses.field(default_factory=dict)  # values that carry a batch
     elements: dict[ir.Value, object] = dataclasses.field(default_factory=dict)  # tracked integer contents
     mixes_batch: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # why a node loses the batch axis
+    fixed_batch: set[ir.Node] = dataclasses.field(default_factory=set)  # run at the exported batch size only
     lost_upstream: set[ir.Node] = dataclasses.field(default_factory=set)  # an input lost its axis before
     bad_batch_read: dict[ir.Node, str] = dataclasses.field(default_factory=dict)  # uses T·B where B is meant, or the reverse
     batch_entry: dict[ir.Node, int] = dataclasses.field(default_factory=dict)  # Reshape: target entry of the batch
@@ -120,6 +122,8 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
             axis = None
         except NotExact as reason:
             flow.mixes_batch[node] = str(reason)
+            if isinstance(reason, FixedBatch):
+                flow.fixed_batch.add(node)
             axis = None
         if site.batch_entry is not None:
             flow.batch_entry[node] = site.batch_entry
@@ -127,14 +131,25 @@ def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) 
         if axis is not None:
             flow.batch_axis[out] = axis
     if axis is None and node.outputs and flow.of(node.outputs[0]) in (Region.SHAPE, Region.CONSTANT):
-        contents = _batch_axis.shape_elements(node, elements, axes, spiking)
-        if contents is not None and contents.size <= _batch_axis.MAX_TRACKED:
-            flow.elements[node.outputs[0]] = contents
+        _track_contents(flow, node, elements, axes, spiking)
+
+
+def _track_contents(flow: Dataflow, node: ir.Node, elements: list, axes: list, spiking: list[bool]) -> None:
+    """Element by element where the op allows; else, for a shape computation, one marker saying it
+    may hold the batch size (T·B if it reads a spiking tensor)."""
+    contents = _shape_contents.shape_elements(node, elements, axes, spiking)
+    if contents is not None and contents.size <= _shape_contents.MAX_TRACKED and len(node.outputs) == 1:
+        flow.elements[node.outputs[0]] = contents
+    elif flow.of(node.outputs[0]) is Region.SHAPE:
+        from_spikes = any(spiking) or any(_shape_contents.read_from_spikes(e) for c in elements if c is not None
+                                          for e in c.reshape(-1))
+        for out in node.outputs:
+            flow.elements[out] = np.array(_shape_contents.Unknown(True, from_spikes), dtype=object)
 
 
 def _contents(flow: Dataflow, value: ir.Value | None):
-    constant = _batch_axis.constant_elements(value)
-    return constant if constant is not None else flow.elements.get(value)
+    constant = _shape_contents.constant_elements(value)
+    return constant if constant is not None or value is None else flow.elements.get(value)
 
 
 def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> None:
@@ -142,13 +157,13 @@ def _check_batch_reads(node: ir.Node, elements: list, spiking: list[bool]) -> No
     only one read from a tensor of its own kind (T·B from spiking values, B from analog ones)."""
     data_spiking = bool(node.inputs) and spiking[0]
     for index, contents in enumerate(elements):
-        if contents is None or not any(_batch_axis.depends_on_batch(e) for e in contents.reshape(-1)):
+        if contents is None or not any(_shape_contents.depends_on_batch(e) for e in contents.reshape(-1)):
             continue
         if (node.op_type, index) not in _batch_axis.SHAPE_OPERANDS:
-            if any(_batch_axis.read_from_spikes(e) for e in contents.reshape(-1)):
+            if any(_shape_contents.read_from_spikes(e) for e in contents.reshape(-1)):
                 raise NotExact("it uses the batch size, which is T·B in the spiking graph")
             continue
-        if any(_batch_axis.read_from_spikes(e) != data_spiking for e in contents.reshape(-1)
-               if _batch_axis.depends_on_batch(e)):
+        if any(_shape_contents.read_from_spikes(e) != data_spiking for e in contents.reshape(-1)
+               if _shape_contents.depends_on_batch(e)):
             raise NotExact("its target shape reads the batch size of a tensor on the other side of the "
                            "neurons (T·B there, B here, or the reverse)")

@@ -19,7 +19,8 @@ import onnx_ir as ir
 
 from snncc.errors import ConversionError, Problem
 from snncc.passes._activation import is_activation
-from snncc.passes._batch_axis import linearity_problem, read_from_spikes, rule_of
+from snncc.passes._batch_axis import linearity_problem, rule_of
+from snncc.passes._shape_contents import read_from_spikes
 from snncc.passes._dataflow import Dataflow, Region, analyse
 from snncc.passes._graph import const_array, rank_of, source_of
 
@@ -149,10 +150,12 @@ def _readout_problem(node: ir.Node, flow: Dataflow) -> str | None:
 
 
 def find_problems(graph: ir.Graph) -> list[Problem]:
-    """Every node between neurons that is not exact on spike trains, with the reason."""
+    """Every node between neurons that is not exact on spike trains, with the reason. A node whose
+    input lost its batch axis at an already reported node is not reported again."""
     flow = analyse(graph)
     trains = neuron_train_values(graph)
     problems = []
+    reported: set[ir.Value] = set()  # values downstream of a reported loss of the batch axis
     for node in graph:
         if is_activation(node):
             reason = _neuron_input_problem(node, flow)
@@ -162,13 +165,26 @@ def find_problems(graph: ir.Graph) -> list[Problem]:
             reason = _readout_problem(node, flow)
         else:
             reason = flow.bad_batch_read.get(node)
-        if reason:
+        downstream = any(v in reported for v in node.inputs)
+        if reason and not (downstream and _is_lost_axis(node, flow)):
             problems.append(Problem(source_of(node), node.op_type, reason))
+        if (reason or downstream) and not any(v in flow.batch_axis for v in node.outputs):
+            reported.update(node.outputs)
     for value in graph.outputs:
         contents = flow.elements.get(value)
         if contents is not None and any(read_from_spikes(e) for e in np.asarray(contents).reshape(-1)):
             problems.append(Problem(value.name, "output", "it holds the batch size (T·B in the spiking graph)"))
     return problems
+
+
+def _is_lost_axis(node: ir.Node, flow: Dataflow) -> bool:
+    """The node's problem is only that an input arrives without its batch axis."""
+    if node in flow.lost_upstream:
+        return True
+    checked = [node.inputs[0]] if is_activation(node) else [node.inputs[i] for i in flow.spiking_inputs(node)]
+    if not (is_activation(node) or flow.is_readout(node)):
+        return False
+    return any(flow.batch_axis.get(v) is None for v in checked)
 
 
 class CheckConvertiblePass(ir.passes.InPlacePass):

@@ -2,10 +2,12 @@
 `snn.SerialIF` baseline) on time-major tensors.
 
 Invariant after the pass: no internal Activation node remains; every value downstream of a
-neuron and upstream of the read-out has batch T*B (time-major, step t owns rows t*B..(t+1)*B-1);
-an analog value entering that region is tiled T times (direct encoding), except where it enters a
-parallel neuron, which reads it once as its mean current (constant_input = 1); every edge from the
-spiking region into the read-out (and every spiking graph output) goes through the T-mean, so
+neuron and upstream of the read-out has T*B rows on its batch axis (time-major, step t owns rows
+t*B..(t+1)*B-1; the axis is 0 at every neuron and moves as the dataflow analysis follows it
+through Transposes, Reshapes, GatherND, ...); an analog value entering that region is tiled T
+times along its batch axis (direct encoding), except where it enters a parallel neuron, which
+reads it once as its mean current (constant_input = 1); every edge from the spiking region into
+the read-out (and every spiking graph output) goes through the T-mean along its batch axis, so
 graph outputs keep batch B and equal the ANN's outputs.
 """
 

@@ -1,14 +1,16 @@
 """Make the batch dimension dynamic ("static batch in, dynamic out").
 
 A model exported with a fixed batch (torch's exporters without dynamic axes) hard-codes that size
-in its Reshape targets, e.g. [1, 3136], or [1, 2, 24, 8, 8] with allowzero=1. The dataflow
-analysis follows the batch axis from the inputs and finds, for each Reshape, the target entry that
-holds the batch; that entry becomes -1 (or 0, copying the batch from the same axis of the input).
+in its Reshape targets, e.g. [1, 3136], or [1, 2, 24, 8, 8] with allowzero=1, and in Resize sizes.
+The dataflow analysis follows the batch axis from the inputs and finds, for each Reshape, the
+target entry that holds the batch; that entry becomes -1 (or 0, copying the batch from the same
+axis of the input). A Resize to constant sizes reads its batch entry from its input instead.
 
 Invariant after the pass: dimension 0 of every graph input and output is the symbol `N`, and no
-Reshape on the data path hard-codes the exported batch size, so the graph runs at any batch size,
-including the T*B batch of the spiking graph. A Reshape whose batch entry cannot be found is
-refused with an SnnccError naming it.
+Reshape or Resize on the data path hard-codes the exported batch size, so the graph runs at any
+batch size, including the T*B batch of the spiking graph. A Reshape whose batch entry cannot be
+found, or a Concat with a constant part of the exported batch size, is refused with an
+SnnccError naming it.
 """
 
 from __future__ import annotations
@@ -59,9 +61,14 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
 
     def _free_reshapes(self, graph: ir.Graph, batch: int) -> bool:
         flow = analyse(graph, static_batch=batch)
+        for node in [n for n in graph if n in flow.fixed_batch]:
+            raise SnnccError(f"{self.source}: node '{source_of(node)}' ({node.op_type}): {flow.mixes_batch[node]} "
+                             f"(the exported batch size {batch}); export the model with a dynamic batch axis")
         names = NameGenerator(graph)
         modified = False
-        for node in graph:
+        for node in list(graph):
+            if node.op_type == "Resize" and node.domain == "" and node.inputs[0] in flow.batch_axis:
+                modified |= self._read_resized_batch(graph, names, node, batch, flow.batch_axis[node.inputs[0]])
             if node.op_type != "Reshape" or node.domain != "" or node.inputs[0] not in flow.batch_axis:
                 continue
             target = const_array(node.inputs[1])
@@ -79,6 +86,20 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
                                                        self._dynamic_target(node, target, entry, flow.batch_axis[node.inputs[0]])))
             modified = True
         return modified
+
+    def _read_resized_batch(self, graph: ir.Graph, names: NameGenerator, node: ir.Node, batch: int, axis: int) -> bool:
+        """Resize to constant sizes [1, C, H, W]: the batch entry becomes the input's batch, read by Shape."""
+        sizes = const_array(node.inputs[3]) if len(node.inputs) > 3 else None
+        if sizes is None or sizes.size <= axis or int(sizes[axis]) != batch:
+            return False
+        read = ir.node("Shape", [node.inputs[0]], attributes={"start": axis, "end": axis + 1}, name=names(f"{node.name}/batch"))
+        parts = [add_initializer(graph, names, f"{node.inputs[3].name}_{side}", part.astype(np.int64))
+                 for side, part in (("before", sizes[:axis]), ("after", sizes[axis + 1:]))]
+        joined = ir.node("Concat", [parts[0], read.outputs[0], parts[1]], attributes={"axis": 0},
+                         name=names(f"{node.name}/sizes"))
+        graph.insert_before(node, [read, joined])
+        node.replace_input_with(3, joined.outputs[0])
+        return True
 
     def _dynamic_target(self, node: ir.Node, target: np.ndarray, entry: int, axis: int) -> np.ndarray:
         """The target with its batch entry inferred (-1) or copied from the input's batch axis (0)."""
