@@ -119,7 +119,9 @@ TORCH = [
 # Full-width nets have up to ~10^6 neurons per input: the few float ties among them (counted and
 # bounded layer by layer, levels from the SNN's own rates) carry on to the logits of some inputs,
 # so 3 of the 4 inputs must have every output close.
-_REAL_OK = Convertible(steps=(2, 4), inputs=4, calibration=8, output_share=0.75)
+# Thresholds only (no DA-QCFS, whose layer-by-layer passes would double the time of the deep nets):
+# the conversion is exact for any neuron parameters, and DA-QCFS has its own tests.
+_REAL_OK = Convertible(steps=(2, 4), inputs=4, calibration=4, da_qcfs=False, output_share=0.75)
 
 REAL = [
     ("tv_resnet18", "torchscript", 13, _REAL_OK),
