@@ -98,8 +98,8 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for _ in range(_MAX_ROUNDS):
-            infer_shapes(model)  # the whole graph each round: the folder need not infer node by node
-            changed = bool(optimizer.fold_constants(model, onnx_shape_inference=False,
+            infer_shapes(model)
+            changed = bool(optimizer.fold_constants(model, onnx_shape_inference=True,
                                                              should_fold=_fold_small_constant_of_shape).modified)
             changed |= _fold_static_shape_reads(model.graph)
             optimizer.remove_unused_nodes(model)
