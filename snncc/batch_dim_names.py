@@ -17,9 +17,15 @@ import onnx
 _PROBES = (7, 11)  # coprime with each other, unlikely factors of a model's own shapes
 
 
-def _batch_name(model: onnx.ModelProto) -> str | None:
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [i for i in model.graph.input if i.name not in initializers]
+def _data_inputs(model: onnx.ModelProto, data_inputs: set[str] | None) -> list[onnx.ValueInfoProto]:
+    """The graph inputs that carry data: those named, else those without an initializer."""
+    if data_inputs is None:
+        data_inputs = {i.name for i in model.graph.input} - {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name in data_inputs]
+
+
+def _batch_name(model: onnx.ModelProto, data_inputs: set[str] | None) -> str | None:
+    inputs = _data_inputs(model, data_inputs)
     dims = [i.type.tensor_type.shape.dim for i in inputs if i.type.tensor_type.shape.dim]
     names = {d[0].dim_param for d in dims if d[0].HasField("dim_param")}
     return names.pop() if len(names) == 1 and all(d[0].HasField("dim_param") for d in dims) else None
@@ -31,15 +37,16 @@ def _value_infos(graph: onnx.GraphProto):
     yield from graph.value_info
 
 
-def _probe_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int | None]]:
+def _probe_shapes(model: onnx.ModelProto, batch: int, data_inputs: set[str] | None) -> dict[str, list[int | None]]:
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
-    for value in list(probe.graph.input) + list(probe.graph.output):
+    data = _data_inputs(probe, data_inputs)
+    for value in data + list(probe.graph.output):
         for dim in value.type.tensor_type.shape.dim:
             if dim.HasField("dim_param"):
                 dim.Clear()  # outputs: let inference fill them; inputs: set below
-    for value in probe.graph.input:
+    for value in data:
         dims = value.type.tensor_type.shape.dim
         if dims:
             dims[0].dim_value = batch
@@ -48,13 +55,15 @@ def _probe_shapes(model: onnx.ModelProto, batch: int) -> dict[str, list[int | No
             for v in _value_infos(inferred.graph)}
 
 
-def name_batch_dims(model: onnx.ModelProto, steps: int) -> None:
-    """Rename, in place, the symbolic batch dimensions of `model` (see the module invariant)."""
-    batch_name = _batch_name(model)
+def name_batch_dims(model: onnx.ModelProto, steps: int, data_inputs: set[str] | None = None) -> None:
+    """Rename, in place, the symbolic batch dimensions of `model` (see the module invariant).
+    `data_inputs`: the graph inputs that carry data (default: those without an initializer), for a
+    model whose weights are graph inputs (modelio.without_weights)."""
+    batch_name = _batch_name(model, data_inputs)
     if batch_name is None:
         return
     try:
-        small, large = (_probe_shapes(model, b) for b in _PROBES)
+        small, large = (_probe_shapes(model, b, data_inputs) for b in _PROBES)
     except (onnx.shape_inference.InferenceError, ValueError):
         return  # the names are for readers; a graph that static inference cannot follow keeps its own
     for value in _value_infos(model.graph):

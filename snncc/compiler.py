@@ -21,6 +21,7 @@ from snncc.batch_dim_names import name_batch_dims
 from snncc.calibration.dataset import CalibrationData, calibration_from_array
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.errors import SnnccError
+from snncc.modelio import without_weights
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
 from snncc.passes.check_convertible import CheckConvertiblePass
@@ -167,7 +168,8 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
 
 
 def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibration: dict) -> onnx.ModelProto:
-    """Attach the `snn` functions and metadata, infer shapes, and check the result."""
+    """Attach the `snn` functions and metadata, infer shapes, and check the result (both on a copy
+    without the weights: the same verdict and shapes without serialising them)."""
     model.opset_imports.pop("snncc.internal", None)
     proto = ir.to_proto(model)
     proto.functions.extend(ops.function_library())
@@ -188,9 +190,16 @@ def _finish(model: ir.Model, options: CompileOptions, levels: list[int], calibra
     proto.metadata_props.extend(existing)
     for key, value in metadata.items():
         proto.metadata_props.add(key=key, value=value)
-    proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
-    name_batch_dims(proto, options.steps)
-    onnx.checker.check_model(proto, full_check=True)
+    skeleton = onnx.shape_inference.infer_shapes(without_weights(proto), check_type=True, strict_mode=False,
+                                                 data_prop=True)
+    onnx.checker.check_model(skeleton, full_check=True)
+    inputs = {i.name for i in proto.graph.input}
+    name_batch_dims(skeleton, options.steps, inputs - {t.name for t in proto.graph.initializer})
+    for field in ("value_info", "output"):
+        del getattr(proto.graph, field)[:]
+        getattr(proto.graph, field).extend(getattr(skeleton.graph, field))
+    del proto.graph.input[:]
+    proto.graph.input.extend(i for i in skeleton.graph.input if i.name in inputs)
     return proto
 
 
@@ -198,9 +207,8 @@ def _case_of(node: onnx.NodeProto) -> str:
     return next((p.value for p in node.metadata_props if p.key == CASE_KEY), "unknown")
 
 
-def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.ndarray]:
+def _neuron_parameters(proto: onnx.ModelProto, inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> list[np.ndarray]:
     """θ_pre, θ_post, ψ of a ParallelSpike node, or of a folded SpikeCount node and its rate Mul."""
-    inits = {t.name: t for t in proto.graph.initializer}
     array = lambda name: onnx.numpy_helper.to_array(inits[name]).reshape(-1)  # noqa: E731
     if node.op_type != ops.SPIKE_COUNT:
         return [array(name) for name in node.input[1:4]]
@@ -212,11 +220,12 @@ def _neuron_parameters(proto: onnx.ModelProto, node: onnx.NodeProto) -> list[np.
 def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
     """The neuron layers of a compiled SNN, read back from the graph."""
     layers = []
+    inits = {t.name: t for t in proto.graph.initializer}
     for node in proto.graph.node:
         if not ops.is_neuron(node):
             continue
         meta = {p.key: p.value for p in node.metadata_props}
-        theta_pre, theta_post, psi = _neuron_parameters(proto, node)
+        theta_pre, theta_post, psi = _neuron_parameters(proto, inits, node)
         layers.append(LayerSummary(
             name=node.name, source=meta.get("snncc.source", ""), case=_case_of(node),
             channels=int(theta_pre.size),

@@ -18,6 +18,11 @@ from snncc.errors import SnnccError
 
 _PROTOBUF_LIMIT = 2**31 - 1
 _EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay inside the model file
+_WEIGHT_BYTES = 1024  # initializers from this size on are left out of the checker's and shape inference's copy
+# element types whose raw data is itemsize bytes per element (4-bit and string types are left in)
+_ITEMSIZE = {getattr(onnx.TensorProto, name): size for name, size in (
+    ("FLOAT", 4), ("DOUBLE", 8), ("FLOAT16", 2), ("BFLOAT16", 2), ("INT8", 1), ("INT16", 2), ("INT32", 4),
+    ("INT64", 8), ("UINT8", 1), ("UINT16", 2), ("UINT32", 4), ("UINT64", 8), ("BOOL", 1))}
 
 
 def _one_line(error: BaseException) -> str:
@@ -42,9 +47,78 @@ def _forget_external_origin(model: onnx.ModelProto) -> None:
             tensor.ClearField("data_location")
 
 
+def _weight_bytes(tensor: onnx.TensorProto) -> int | None:
+    """The raw-data size that a large inline tensor held in raw_data alone declares by its shape
+    and type (None for any other tensor). Computed from the shape: reading raw_data copies it."""
+    size = _ITEMSIZE.get(tensor.data_type)
+    if size is None or not tensor.HasField("raw_data") or tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return None
+    if any(len(getattr(tensor, field)) for field in _TYPED_FIELDS):
+        return None
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count * size if count * size >= _WEIGHT_BYTES else None
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data", "external_data")
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    for field, value in source.ListFields():
+        if field.name == skip:
+            continue
+        if _repeated(field):
+            getattr(target, field.name).extend(value)
+        elif field.type == field.TYPE_MESSAGE:
+            getattr(target, field.name).CopyFrom(value)
+        else:
+            setattr(target, field.name, value)
+
+
+def without_weights(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `model` whose large raw-data initializers (`_weight_bytes`) are graph inputs of the
+    same type and shape instead: onnx's checker and shape inference reach the same verdict and the
+    same shapes on it, without serialising the weights (most of a big model's bytes). The checker
+    would also compare each weight's data size with its shape: `check_weight_sizes` does that."""
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    inputs = {i.name for i in model.graph.input}
+    for tensor in model.graph.initializer:
+        if _weight_bytes(tensor) is None:
+            skeleton.graph.initializer.append(tensor)
+        elif tensor.name not in inputs:
+            skeleton.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return skeleton
+
+
+def check_weight_sizes(model: onnx.ModelProto) -> str | None:
+    """The first initializer left out by `without_weights` whose raw data is not the size that its
+    shape and type declare, described; None if all are."""
+    for tensor in model.graph.initializer:
+        declared = _weight_bytes(tensor)
+        if declared is not None and len(tensor.raw_data) != declared:
+            return (f"initializer '{tensor.name}' holds {len(tensor.raw_data)} bytes of raw data; "
+                    f"its shape and type declare {declared}")
+    return None
+
+
+def _serialized_size_bound(model: onnx.ModelProto) -> int:
+    """At least `model.ByteSize()`, computed without serialising the weights (protobuf's ByteSize
+    encodes the whole message)."""
+    # per weight: its bytes and name with tag and length prefixes, its dims and data type
+    return without_weights(model).ByteSize() + sum(
+        declared + len(t.name.encode()) + 11 * len(t.dims) + 24
+        for t in model.graph.initializer if (declared := _weight_bytes(t)) is not None)
+
+
+def _repeated(field) -> bool:
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+
+
 def _items(field, value) -> list:
-    repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-    return value if repeated else [value]
+    return value if _repeated(field) else [value]
 
 
 def _invalid_text(message) -> str | None:
@@ -82,9 +156,12 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     if bad_text:
         raise SnnccError(f"{path}: not a valid ONNX model (a name or string is not UTF-8: {bad_text})")
     _forget_external_origin(model)
+    bad_size = check_weight_sizes(model)
+    if bad_size:
+        raise SnnccError(f"{path}: not a valid ONNX model ({bad_size})")
     try:
-        # with shape inference (a wrong attribute or weight shape); >2 GB models are checked from the file
-        onnx.checker.check_model(str(path) if model.ByteSize() >= _PROTOBUF_LIMIT else model, full_check=True)
+        # with shape inference (a wrong attribute or weight shape)
+        onnx.checker.check_model(without_weights(model), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as error:
         raise SnnccError(f"{path}: not a valid ONNX model ({_one_line(error)})") from None
     return model
@@ -135,7 +212,7 @@ def save_model(model: onnx.ModelProto, output: Path) -> None:
         raise SnnccError(f"{output}: cannot write ({_one_line(error)})") from None
     try:
         staged = staging / output.name
-        if model.ByteSize() < _PROTOBUF_LIMIT:
+        if _serialized_size_bound(model) < _PROTOBUF_LIMIT:
             onnx.save(model, staged)
         else:
             data_name = f"{output.name}.data"

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 from snncc import ops
 from snncc.passes._activation import broadcast_parameter, get_parameters, is_activation, tag_neuron
 from snncc.passes._dataflow import Region, analyse
-from snncc.passes._graph import NameGenerator, add_initializer, rank_of, replace_node, source_of, tag
+from snncc.passes._graph import NameGenerator, add_initializer, infer_shapes, rank_of, replace_node, source_of, tag
 
 PASS_NAME = "expand_time"
 
@@ -38,7 +37,7 @@ class ExpandTimePass(ir.passes.InPlacePass):
         self.neuron_op, self.neuron_doc = NEURON_OPS[neuron]
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        common_passes.ShapeInferencePass()(model)  # ranks size the parameters and Tile repeats
+        infer_shapes(model)  # ranks size the parameters and Tile repeats
         graph = model.graph
         flow = analyse(graph)
         names = NameGenerator(graph)

@@ -14,7 +14,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common_passes
 from onnxscript import optimizer
 
-from snncc.passes._graph import NameGenerator, const_array
+from snncc.passes._graph import NameGenerator, const_array, infer_shapes
 
 _MAX_ROUNDS = 8
 MAX_FOLDED_ELEMENTS = 4096
@@ -98,7 +98,7 @@ class FoldConstantsPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         modified = False
         for _ in range(_MAX_ROUNDS):
-            common_passes.ShapeInferencePass()(model)
+            infer_shapes(model)
             changed = bool(optimizer.fold_constants(model, onnx_shape_inference=True,
                                                              should_fold=_fold_small_constant_of_shape).modified)
             changed |= _fold_static_shape_reads(model.graph)

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
-import onnx_ir.passes.common as common_passes
 
 from snncc import ops
 from snncc.passes._activation import broadcast_parameter, get_parameters, is_activation, tag_neuron
-from snncc.passes._graph import NameGenerator, add_initializer, rank_of, replace_node
+from snncc.passes._graph import NameGenerator, add_initializer, infer_shapes, rank_of, replace_node
 
 PASS_NAME = "fold_time"
 
@@ -29,7 +28,7 @@ class FoldTimePass(ir.passes.InPlacePass):
         self.steps = steps
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        common_passes.ShapeInferencePass()(model)
+        infer_shapes(model)
         graph = model.graph
         names = NameGenerator(graph)
         activations = [n for n in graph if is_activation(n)]

@@ -21,7 +21,7 @@ import onnx_ir.passes.common as common_passes
 
 from snncc.errors import SnnccError
 from snncc.passes._dataflow import analyse
-from snncc.passes._graph import NameGenerator, add_initializer, const_array, source_of
+from snncc.passes._graph import NameGenerator, add_initializer, const_array, infer_shapes, source_of
 
 BATCH = "N"
 
@@ -56,7 +56,7 @@ class MakeBatchDynamicPass(ir.passes.InPlacePass):
                 for value in node.outputs:
                     if not value.is_graph_output():
                         value.shape = None
-            common_passes.ShapeInferencePass()(model)
+            infer_shapes(model)
         return ir.passes.PassResult(model, modified=modified)
 
     def _free_reshapes(self, graph: ir.Graph, batch: int) -> bool:

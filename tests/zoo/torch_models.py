@@ -237,6 +237,27 @@ class SpatialAttention(nn.Module):
         return self.head(pooled)
 
 
+class UNet(nn.Module):
+    """A segmentation-style encoder-decoder: two downsampling stages, then nearest and bilinear
+    upsampling (Resize) of ReLU outputs, each concatenated with the encoder's skip connection, and
+    a per-pixel 1x1 classifier."""
+
+    def __init__(self, width: int = 8, classes: int = 4):
+        super().__init__()
+        block = lambda cin, cout: nn.Sequential(*conv_bn(cin, cout), nn.ReLU(inplace=True))  # noqa: E731
+        self.enc1, self.enc2, self.bottom = block(3, width), block(width, 2 * width), block(2 * width, 4 * width)
+        self.dec2, self.dec1 = block(6 * width, 2 * width), block(3 * width, width)
+        self.head = nn.Conv2d(width, classes, 1)
+
+    def forward(self, x):
+        skip1 = self.enc1(x)
+        skip2 = self.enc2(F.max_pool2d(skip1, 2))
+        y = self.bottom(F.max_pool2d(skip2, 2))
+        y = self.dec2(torch.cat([F.interpolate(y, scale_factor=2.0, mode="nearest"), skip2], 1))
+        y = self.dec1(torch.cat([F.interpolate(y, scale_factor=2.0, mode="bilinear", align_corners=False), skip1], 1))
+        return self.head(y)
+
+
 class QCFS(nn.Module):
     """QCFS as torch exporters see it: x/θ -> clamp(0, 1) -> ·T̃ -> +0.5 -> floor -> /T̃ -> ·θ."""
 
@@ -272,6 +293,7 @@ BUILDERS = {
     "mobilenet_v2": lambda: MobileNetV2(),
     "densenet": lambda: DenseNet(),
     "squeezenet": lambda: SqueezeNet(),
+    "unet": lambda: UNet(),
     "se_resnet": lambda: ResNet(SEBlock, [1, 1], base=8),
     "attention_cnn": lambda: SpatialAttention(),
 }
@@ -290,16 +312,19 @@ def build(name: str, seed: int = 0) -> nn.Module:
     return model
 
 
-def export(model: nn.Module, dynamo: bool, opset: int) -> onnx.ModelProto:
-    """Either torch exporter at the given opset, batch dimension dynamic."""
-    x = torch.rand(2, *INPUT_SHAPE)
+def export(model: nn.Module, dynamo: bool, opset: int, input_shape: tuple[int, ...] = INPUT_SHAPE,
+           dynamic_batch: bool = True) -> onnx.ModelProto:
+    """Either torch exporter at the given opset; the batch dimension dynamic, or fixed at 1 as
+    torch exports a batch-1 example by default."""
+    x = torch.rand(2 if dynamic_batch else 1, *input_shape)
     with torch.no_grad():
         if dynamo:
+            dynamic_shapes = ({0: torch.export.Dim("N")},) if dynamic_batch else None
             program = torch.onnx.export(model, (x,), dynamo=True, input_names=["input"], output_names=["logits"],
-                                        dynamic_shapes=({0: torch.export.Dim("N")},), opset_version=opset,
-                                        verbose=False)
+                                        dynamic_shapes=dynamic_shapes, opset_version=opset, verbose=False)
             return program.model_proto
         buffer = io.BytesIO()
+        dynamic_axes = {"input": {0: "N"}, "logits": {0: "N"}} if dynamic_batch else None
         torch.onnx.export(model, (x,), buffer, dynamo=False, input_names=["input"], output_names=["logits"],
-                          dynamic_axes={"input": {0: "N"}, "logits": {0: "N"}}, opset_version=opset)
+                          dynamic_axes=dynamic_axes, opset_version=opset)
     return onnx.load_from_string(buffer.getvalue())
