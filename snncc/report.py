@@ -218,13 +218,22 @@ def calibration_text(value: str | None) -> str:
     parts = [f"{info['samples']} samples of {info.get('source', '?')} (sha256 {info.get('sha256', '?')})"]
     if info.get("thresholds"):
         parts.append(f"thresholds {info['thresholds']}")
+    if info.get("mode"):
+        parts.append(f"mode {info['mode']}")
     if info.get("da_qcfs"):
         parts.append(f"DA-QCFS calibration, momentum {info.get('momentum')}")
-    elif "da_qcfs" in info:
+    elif "da_qcfs" in info and not info.get("layerwise"):
         parts.append("no DA-QCFS calibration")
-    known = {"samples", "source", "sha256", "shape", "thresholds", "da_qcfs", "momentum", "done"}
-    parts += [f"{key} {info[key]}" for key in sorted(info) if key not in known]
+    known = {"samples", "source", "sha256", "shape", "thresholds", "da_qcfs", "momentum", "done", "mode", "layerwise"}
+    parts += [_calibration_item(key, info[key]) for key in sorted(info) if key not in known and info[key] is not None]
     return ", ".join(parts)
+
+
+def _calibration_item(key: str, value) -> str:
+    """One further entry of the calibration metadata; lists of layer names are counted, not listed."""
+    if isinstance(value, list):
+        return f"{key.replace('_', ' ')}: {len(value)} layer{'s' if len(value) != 1 else ''}"
+    return f"{key.replace('_', ' ')} {value}"
 
 
 def _data_name(spec: str) -> str:

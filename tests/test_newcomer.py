@@ -183,7 +183,7 @@ def test_eval_json_levels_and_relu_tilde_t_are_consistent(folder):
     for text in (relu_eval, relu_inspect):
         assert "no T̃ (ReLU/Clip model" in text and "T̃=-" not in text and "T̃ = ," not in text
     assert '{"' not in relu_inspect and "calibration: 128 samples of" in relu_inspect
-    assert "DA-QCFS calibration, momentum 0.99" in relu_inspect
+    assert "mode ridge" in relu_inspect and "head lstsq" in relu_inspect  # the default at T = 4: --calibrate auto
 
 
 def test_scalar_thresholds_print_as_one_value(folder):
