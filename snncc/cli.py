@@ -62,6 +62,18 @@ def _print_layers(layers) -> None:
                    f"{_format_range(*layer.theta_post):>14} {_format_range(*layer.psi):>14}  {source}")
 
 
+def _print_qdq_summary(model) -> None:
+    from snncc.passes.match_qdq import qdq_summary
+
+    summary = qdq_summary({p.key: p.value for p in model.metadata_props})
+    if summary is None:
+        return
+    click.echo(f"QDQ: {summary['activations']} quantised activations became neuron layers")
+    if summary["dropped_signed_pairs"]:
+        click.echo(f"approximate: dropped {len(summary['dropped_signed_pairs'])} signed Q/DQ pair(s) between neurons "
+                   f"({', '.join(summary['dropped_signed_pairs'])}); the SNN does not equal the QDQ model")
+
+
 @main.command("compile")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(path_type=Path))
 @click.option("--T", "steps", type=int, required=True, help="Number of SNN time-steps T.")
@@ -79,13 +91,15 @@ def _print_layers(layers) -> None:
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
 @click.option("--emit-spikes", multiple=True, metavar="NAME", help="Also output this neuron layer's spike train (repeatable).")
+@click.option("--drop-signed-qdq", is_flag=True,
+              help="QDQ models: drop Q/DQ pairs on signed ranges between neurons (the SNN then approximates the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
 @_user_errors
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
                     calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: bool | None,
                     momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
-                    force: bool, print_runtime: bool):
+                    drop_signed_qdq: bool, force: bool, print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
     from snncc.calibration.dataset import load_calibration_data
     from snncc.calibration.pipeline import CalibrationOptions
@@ -96,7 +110,8 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     output = output or default_output(model_path)
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
-                             neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes)
+                             neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
+                             drop_signed_qdq=drop_signed_qdq)
     model = load_model(model_path)
     check_output_path(output, model_path, force)
     if calib_spec is not None:
@@ -106,6 +121,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     _print_layers(result.layers)
     save_model(result.model, output)
     click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
+    _print_qdq_summary(result.model)
     if print_runtime:
         from snncc.session import runtime_description
         click.echo(runtime_description(result.model))

@@ -22,6 +22,7 @@ from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.errors import SnnccError
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
+from snncc.passes.canonicalize_qdq import CanonicalizeQdqPass
 from snncc.passes.check_convertible import CheckConvertiblePass
 from snncc.passes.convert_opset import ConvertOpsetPass
 from snncc.passes.emit_spikes import EmitSpikesPass
@@ -32,6 +33,7 @@ from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
 from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
 from snncc.passes.match_activations import MatchActivationsPass
+from snncc.passes.match_qdq import MatchQdqPass
 from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
 from snncc.passes.name_nodes import NameUnnamedNodesPass
 from snncc.passes.remove_no_ops import RemoveNoOpsPass
@@ -50,6 +52,7 @@ class CompileOptions:
     fold_time: bool = False  # synaptic layers run once on rates; neurons output spike counts
     neuron: str = "parallel"  # "parallel" (snn.ParallelSpike) or "if" (the serial IF baseline)
     emit_spikes: tuple[str, ...] = ()  # neuron layers whose spike trains become extra outputs
+    drop_signed_qdq: bool = False  # drop Q/DQ pairs on signed ranges between neurons (approximate)
 
     def __post_init__(self):
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
@@ -88,6 +91,7 @@ def canonicalize(model: ir.Model) -> None:
         NameUnnamedNodesPass(),
         ConvertOpsetPass(ops.TARGET_OPSET),
         FreezeInitializerInputsPass(),
+        CanonicalizeQdqPass(),
         FoldConstantsPass(),
         RemoveNoOpsPass(),
         FoldBatchNormPass(),
@@ -100,10 +104,11 @@ def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
     return model if isinstance(model, ir.Model) else ir.from_proto(model)
 
 
-def analyse_activations(model: ir.Model) -> ir.Model:
-    """Canonicalise, match activations and move MaxPools: the ANN as snncc understands it."""
+def analyse_activations(model: ir.Model, drop_signed_qdq: bool = False) -> ir.Model:
+    """Canonicalise, match activations (and QDQ pairs) and move MaxPools: the ANN as snncc understands it."""
     canonicalize(model)
     MatchActivationsPass()(model)
+    MatchQdqPass(drop_signed_qdq)(model)
     MoveMaxPoolAfterActivationPass()(model)
     ir.passes.common.TopologicalSortPass()(model)
     return model
@@ -130,7 +135,7 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
     """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
-    graph_model = analyse_activations(to_ir(model))
+    graph_model = analyse_activations(to_ir(model), options.drop_signed_qdq)
     _check_data_needs(graph_model, options)
     SetQcfsParametersPass(options.steps, options.levels)(graph_model)
     calibration = {"done": False}

@@ -21,6 +21,7 @@ from snncc.errors import ConversionError, Problem
 from snncc.passes._activation import is_activation
 from snncc.passes._dataflow import Dataflow, Region, analyse
 from snncc.passes._graph import const_array, rank_of, source_of
+from snncc.passes.match_qdq import signed_pair_problem
 
 
 def _attr(node: ir.Node, name: str, default=None):
@@ -194,6 +195,8 @@ _CHECKS: dict[str, Callable] = {
     "Pad": _check_pad,
     "MaxPool": _check_maxpool,
     "Shape": _check_shape, "Size": _check_shape,
+    "QuantizeLinear": lambda n, f, t: signed_pair_problem(n),
+    "DequantizeLinear": lambda n, f, t: signed_pair_problem(n),
 }
 
 # Ops that map the trains of one neuron layer channel by channel through a monotone affine map,
