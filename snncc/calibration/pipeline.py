@@ -1,9 +1,13 @@
-"""Set the neuron parameters that need data (paper Table 2, rows 2-3).
+"""Set the neuron parameters that need data (paper Table 2, rows 2-3), by calibration mode:
 
-- ReLU / Clip activations: θ from threshold recording; with DA-QCFS calibration (the default)
-  θ_pre = θ, θ_post = θ + φ, ψ; without it θ_pre = θ_post = θ, ψ = 0 ("thresholds only").
-- QCFS at T ≠ T̃ with calibration requested: θ_pre = θ, θ_post = θ + φ, ψ.
-- QCFS at T = T̃ is lossless already: calibration there would leave φ = ψ = 0, so it is skipped.
+- 'paper': ReLU / Clip activations get θ from threshold recording, then DA-QCFS calibration
+  (Algorithm 1): θ_pre = θ, θ_post = θ + φ, ψ; QCFS at T ≠ T̃ likewise when asked for explicitly.
+- 'thresholds': θ_pre = θ_post = θ, ψ = 0 ("thresholds only").
+- 'layerwise': progressive per-layer search of θ_pre, θ_post, ψ with bias correction and a
+  least-squares read-out layer (`layerwise`); 'ridge': the same with a closed-form ridge refit of
+  the weights feeding each neuron. Both change weights inside the compiled model only.
+- 'auto': the mode `auto_mode` picks for T (measured in docs/results.md).
+- QCFS at T = T̃ is lossless already: calibration there is skipped.
 
 Invariant after `calibrate_parameters`: every activation node carries neuron parameters, and the
 returned dict describes what was done (for the model metadata).
@@ -18,6 +22,7 @@ import onnx_ir as ir
 
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
+from snncc.calibration.layerwise import calibrate_layerwise
 from snncc.calibration.reference_means import ReferenceMeans, record_reference_means
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.passes._activation import QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
@@ -29,15 +34,35 @@ CASE_RELU_THRESHOLDS = "relu-thresholds"
 CASE_RELU_CALIBRATED = "relu-da-qcfs"
 CASE_QCFS_CALIBRATED = "qcfs-da-qcfs"
 
+MODES = ("auto", "paper", "thresholds", "layerwise", "ridge")
+
+
+def auto_mode(steps: int) -> str:
+    """The mode 'auto' picks at T: the layer-wise fit where few levels make the quantisation error
+    large, the paper's pipeline (cheaper, already within 0.3 points) at large T."""
+    return "ridge" if steps <= 8 else "paper"
+
 
 @dataclasses.dataclass(frozen=True)
 class CalibrationOptions:
     threshold: ThresholdMode = ThresholdMode(None)
-    da_qcfs: bool | None = None  # None: on for ReLU/Clip models, off for QCFS models
+    da_qcfs: bool | None = None  # True: mode 'paper' forced; False: 'thresholds'; None: by `mode`
     momentum: float = 0.99
     # Each batch is one update of the momentum averages: with α = 0.99, 10k samples in batches of 32
     # give 313 updates (ψ, φ reach 96% of their fixed point); batches of 256 give 40 (33%).
     batch_size: int = 32
+    mode: str = "paper"  # one of MODES; 'paper' with da_qcfs None: DA-QCFS for ReLU/Clip models only
+    keep_head: bool = False  # layer-wise modes: leave the read-out layer untouched
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            from snncc.errors import SnnccError
+            raise SnnccError(f"unknown calibration mode '{self.mode}'; expected one of {', '.join(MODES)}")
+
+    def resolved_mode(self, steps: int) -> str:
+        if self.da_qcfs is not None:
+            return "paper" if self.da_qcfs else "thresholds"
+        return auto_mode(steps) if self.mode == "auto" else self.mode
 
 
 def _silent_safe(theta: np.ndarray) -> NeuronParameters:
@@ -48,11 +73,15 @@ def _silent_safe(theta: np.ndarray) -> NeuronParameters:
 
 
 def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions) -> dict:
-    """Record thresholds and run DA-QCFS calibration as the activations need; returns a summary."""
+    """Record thresholds and calibrate as the mode and the activations need; returns a summary."""
     activations = [n for n in model.graph if is_activation(n)]
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
     targets = [n for n in activations if read_activation(n).kind != QCFS or get_parameters(n).case != "qcfs-lossless"]
-    run_da_qcfs = (options.da_qcfs if options.da_qcfs is not None else uses_relu) and bool(targets)
+    mode = options.resolved_mode(steps)
+    if mode in ("layerwise", "ridge"):
+        return _calibrate_layerwise(model, data, steps, options, mode, targets)
+    forced = options.da_qcfs if options.da_qcfs is not None else (None if options.mode == "paper" else True)
+    run_da_qcfs = (forced if forced is not None else uses_relu) and mode == "paper" and bool(targets)
     reference = ReferenceMeans(model, len(data.x), options.batch_size) if run_da_qcfs else None
     recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, reference)
     for node in activations:
@@ -71,5 +100,21 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
                 theta_pre=np.where(active, theta, 1).astype(np.float32),
                 theta_post=((theta + layer.phi) * active).astype(np.float32),
                 psi=layer.psi, case=case))
-    return {**data.summary(), "thresholds": str(options.threshold) if recorded else "from QCFS",
+    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
             "da_qcfs": run_da_qcfs, "momentum": options.momentum if run_da_qcfs else None}
+
+
+def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions,
+                         mode: str, targets: list[ir.Node]) -> dict:
+    """Record the ANN's thresholds (the upper end of the θ search), then fit layer by layer."""
+    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps)
+    for node in model.graph:
+        if node.name in recorded:  # the start: thresholds only
+            set_parameters(node, _silent_safe(recorded[node.name]))
+    tops = reference_thresholds(model, recorded)
+    summary = {}
+    if targets:
+        head = "keep" if options.keep_head else "lstsq"
+        summary = calibrate_layerwise(model, data, steps, tops, targets, mode == "ridge", head, RECORDING_BATCH)
+    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
+            "da_qcfs": False, "momentum": None, **summary}

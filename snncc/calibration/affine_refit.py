@@ -1,0 +1,158 @@
+"""Closed-form refit of an affine layer (Conv, Gemm, MatMul) on the inputs the SNN gives it.
+
+A synaptic layer y = W x + b is refit so that, on the already-quantised inputs x_q of the
+calibration set, it reproduces the ANN's target y_ann:
+
+    W' = argmin ‖[x_q, 1] W' − y_ann‖² + λ ‖W' − W‖²     (ridge towards the original W, b)
+       = (XᵀX + λI)⁻¹ (XᵀY + λW);   λ = 0: ordinary least squares (the read-out layer).
+
+Conv layers are unfolded (im2col) at a fixed random sample of output positions per image, per
+group; Gemm and MatMul use every row. The normal equations are summed batch by batch, so memory
+does not grow with the calibration set.
+
+Invariant: `refit` changes only the layer's own weight and bias initializers (copies, so a shared
+initializer is left alone) and keeps their shapes and dtypes; the layer computes the same op.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from snncc.passes._graph import NameGenerator, add_initializer
+
+# Conv rows (output positions) summed into the normal equations over the whole calibration set.
+MAX_CONV_ROWS = 200_000
+
+
+def supported(node: ir.Node) -> bool:
+    """Whether `refit` handles this node: 2-D Conv with explicit pads, plain Gemm, MatMul on constant [K, N]."""
+    attrs = {k: a.value for k, a in node.attributes.items()}
+    if node.op_type == "Conv":
+        return len(node.inputs[1].shape) == 4 and attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
+    if node.op_type == "Gemm":
+        return not attrs.get("transA", 0) and attrs.get("alpha", 1.0) != 0 and attrs.get("beta", 1.0) != 0
+    return node.op_type == "MatMul" and len(node.inputs[1].shape) == 2
+
+
+class AffineLayer:
+    """One Conv / Gemm / MatMul node seen as G groups of y_g = X_g W_g (+ b_g)."""
+
+    def __init__(self, node: ir.Node):
+        self.node = node
+        self.attrs = {k: a.value for k, a in node.attributes.items()}
+        weight = node.inputs[1].const_value.numpy()
+        bias_value = node.inputs[2] if len(node.inputs) > 2 else None
+        self.has_bias = bias_value is not None
+        if node.op_type == "Conv":
+            self.groups = int(self.attrs.get("group", 1))
+            out_channels = weight.shape[0]
+            per_group = weight.reshape(self.groups, out_channels // self.groups, -1)  # [G, Cout_g, K]
+            self.weights = np.transpose(per_group, (0, 2, 1)).astype(np.float64)
+        elif node.op_type == "Gemm":
+            self.groups = 1
+            w = weight.T if self.attrs.get("transB", 0) else weight
+            self.weights = (float(self.attrs.get("alpha", 1.0)) * w)[None].astype(np.float64)
+        else:
+            self.groups = 1
+            self.weights = weight[None].astype(np.float64)
+        out = self.weights.shape[0] * self.weights.shape[2]
+        bias = np.zeros(out) if not self.has_bias else np.broadcast_to(
+            bias_value.const_value.numpy().reshape(-1) * float(self.attrs.get("beta", 1.0)), (out,))
+        self.bias = bias.reshape(self.groups, 1, -1).astype(np.float64)
+
+    def parameters(self) -> np.ndarray:
+        """[G, K (+1 bias row), Cout_g]."""
+        return np.concatenate([self.weights, self.bias], axis=1) if self.has_bias else self.weights
+
+    def rows(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, positions: int) -> tuple[np.ndarray, np.ndarray]:
+        """Design rows [G, n, K(+1)] from the layer input x and target rows [G, n, Cout_g] from y
+        (an array of the layer's output shape); Conv: `positions` random output positions per sample."""
+        if self.node.op_type == "Conv":
+            design, target = self._conv_rows(x, y, rng, positions)
+        else:
+            design = x.reshape(-1, x.shape[-1])[None]
+            target = y.reshape(-1, y.shape[-1])[None]
+        design = design.astype(np.float64)
+        if self.has_bias:
+            design = np.concatenate([design, np.ones(design.shape[:2] + (1,))], axis=2)
+        return design, target.astype(np.float64)
+
+    def _conv_rows(self, x, y, rng, positions):
+        kh, kw = self.weights_shape()[2:]
+        sh, sw = self.attrs.get("strides", (1, 1))
+        dh, dw = self.attrs.get("dilations", (1, 1))
+        pads = self.attrs.get("pads", (0, 0, 0, 0))
+        padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        n, channels = x.shape[:2]
+        out_h, out_w = y.shape[2:]
+        count = min(positions, out_h * out_w)
+        flat = np.stack([rng.choice(out_h * out_w, count, replace=False) for _ in range(n)])  # [n, P]
+        oh, ow = flat // out_w, flat % out_w
+        rows_h = oh[:, :, None] * sh + np.arange(kh)[None, None] * dh  # [n, P, kh]
+        rows_w = ow[:, :, None] * sw + np.arange(kw)[None, None] * dw  # [n, P, kw]
+        sample = np.arange(n)[:, None, None, None, None]
+        patches = padded[sample, np.arange(channels)[None, None, :, None, None],
+                         rows_h[:, :, None, :, None], rows_w[:, :, None, None, :]]  # [n, P, C, kh, kw]
+        patches = patches.reshape(n * count, self.groups, -1).transpose(1, 0, 2)  # [G, nP, K]
+        target = y.reshape(n, y.shape[1], -1)[np.arange(n)[:, None], :, flat]  # [n, P, Cout]
+        target = target.reshape(n * count, self.groups, -1).transpose(1, 0, 2)
+        return patches, target
+
+    def weights_shape(self) -> tuple[int, ...]:
+        return tuple(self.node.inputs[1].shape)
+
+    def write(self, graph: ir.Graph, solution: np.ndarray) -> None:
+        """Store a [G, K(+1), Cout_g] solution as new weight (and bias) initializers of the node."""
+        names = NameGenerator(graph)
+        weights = solution[:, :self.weights.shape[1]]
+        old = self.node.inputs[1].const_value.numpy()
+        if self.node.op_type == "Conv":
+            array = np.transpose(weights, (0, 2, 1)).reshape(old.shape)
+        elif self.node.op_type == "Gemm":
+            w = weights[0] / float(self.attrs.get("alpha", 1.0))
+            array = w.T if self.attrs.get("transB", 0) else w
+        else:
+            array = weights[0]
+        self.node.replace_input_with(1, add_initializer(graph, names, f"{self.node.inputs[1].name}.refit", array.astype(old.dtype)))
+        if self.has_bias:
+            self.set_bias(graph, solution[:, -1].reshape(-1))
+
+    def set_bias(self, graph: ir.Graph, bias: np.ndarray) -> None:
+        """Replace the effective bias (β·C for Gemm) by `bias` [Cout]."""
+        old = self.node.inputs[2].const_value.numpy()
+        array = (bias / float(self.attrs.get("beta", 1.0))).reshape(-1)
+        if old.size != array.size:  # a broadcast Gemm bias becomes a full one
+            array = array.reshape((1, -1) if old.ndim == 2 else (-1,))
+        else:
+            array = array.reshape(old.shape)
+        value = add_initializer(graph, NameGenerator(graph), f"{self.node.inputs[2].name}.corrected", array.astype(old.dtype))
+        self.node.replace_input_with(2, value)
+        self.bias = (bias.reshape(self.groups, 1, -1)).astype(np.float64)
+
+
+class NormalEquations:
+    """Σ XᵀX and Σ XᵀY per group, fed with `AffineLayer.rows`."""
+
+    def __init__(self):
+        self.gram = self.cross = None
+        self.rows = 0
+
+    def add(self, design: np.ndarray, target: np.ndarray) -> None:
+        transposed = design.transpose(0, 2, 1)
+        gram, cross = transposed @ design, transposed @ target
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+        self.rows += design.shape[1]
+
+    def solve(self, prior: np.ndarray, ridge: float) -> np.ndarray:
+        """(XᵀX + λI)⁻¹(XᵀY + λ·prior) per group with λ = ridge · mean diagonal of XᵀX; ridge = 0:
+        the least-squares solution (minimum norm where XᵀX is singular)."""
+        solutions = []
+        for gram, cross, prior_g in zip(self.gram, self.cross, prior):
+            if ridge == 0:
+                solutions.append(np.linalg.lstsq(gram, cross, rcond=None)[0])
+                continue
+            lam = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
+            solutions.append(np.linalg.solve(gram + lam * np.eye(len(gram)), cross + lam * prior_g))
+        return np.stack(solutions)
