@@ -91,6 +91,9 @@ def _print_qdq_summary(model) -> None:
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
 @click.option("--emit-spikes", multiple=True, metavar="NAME", help="Also output this neuron layer's spike train (repeatable).")
+@click.option("--reconstruct", "reconstruct_iterations", type=click.IntRange(min=1), metavar="ITERATIONS",
+              help="After calibration, refine each neuron block by gradient (Adam steps per block; needs torch: snncc[reconstruct]).")
+@click.option("--reconstruct-weights", is_flag=True, help="With --reconstruct: refine the weights next to each neuron too, not only biases.")
 @click.option("--drop-signed-qdq", is_flag=True,
               help="QDQ models: drop Q/DQ pairs on signed ranges between neurons (the SNN then approximates the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -99,7 +102,8 @@ def _print_qdq_summary(model) -> None:
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
                     calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: bool | None,
                     momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
-                    drop_signed_qdq: bool, force: bool, print_runtime: bool):
+                    reconstruct_iterations: int | None, reconstruct_weights: bool, drop_signed_qdq: bool, force: bool,
+                    print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
     from snncc.calibration.dataset import load_calibration_data
     from snncc.calibration.pipeline import CalibrationOptions
@@ -112,6 +116,10 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
                              neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
                              drop_signed_qdq=drop_signed_qdq)
+    if reconstruct_iterations is not None:
+        from snncc.calibration.reconstruct import ReconstructOptions, import_torch
+        import_torch()  # fail before calibrating when torch is missing
+        options = dataclasses.replace(options, reconstruct=ReconstructOptions(reconstruct_iterations, weights=reconstruct_weights))
     model = load_model(model_path)
     check_output_path(output, model_path, force)
     if calib_spec is not None:

@@ -19,6 +19,7 @@ import snncc
 from snncc import ops
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
+from snncc.calibration.reconstruct import ReconstructOptions
 from snncc.errors import SnnccError
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
@@ -53,6 +54,7 @@ class CompileOptions:
     neuron: str = "parallel"  # "parallel" (snn.ParallelSpike) or "if" (the serial IF baseline)
     emit_spikes: tuple[str, ...] = ()  # neuron layers whose spike trains become extra outputs
     drop_signed_qdq: bool = False  # drop Q/DQ pairs on signed ranges between neurons (approximate)
+    reconstruct: ReconstructOptions | None = None  # block reconstruction after calibration (needs torch)
 
     def __post_init__(self):
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
@@ -131,6 +133,8 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
         )
     if options.calibration.da_qcfs:
         raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data: pass --calib DATA")
+    if options.reconstruct is not None:
+        raise SnnccError(f"{source}: reconstruction needs calibration data: pass --calib DATA")
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
@@ -142,6 +146,9 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
     if options.calibration_data is not None:
         CheckConvertiblePass(options.source)(graph_model)  # fail before spending time on data
         calibration = calibrate_parameters(graph_model, options.calibration_data, options.steps, options.calibration)
+        if options.reconstruct is not None:
+            from snncc.calibration.reconstruct import reconstruct
+            calibration["reconstruct"] = reconstruct(graph_model, options.calibration_data, options.steps, options.reconstruct)
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)
