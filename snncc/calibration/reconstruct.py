@@ -33,6 +33,7 @@ import onnx_ir as ir
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.layer_graph import affine_producer, read_out_layers, synaptic_inputs
 from snncc.errors import SnnccError
+from snncc.passes._graph import NameGenerator, add_initializer
 from snncc.passes._activation import CLIP, QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
 
 MISSING_TORCH = "reconstruction needs torch: pip install 'snncc[reconstruct]'"
@@ -64,9 +65,9 @@ def _attr(node: ir.Node, name: str, default=None):
 class _Interpreter:
     """The analysed model's ops on torch tensors; an activation node is computed by `activation`."""
 
-    def __init__(self, torch, overrides: dict[ir.Value, object] | None = None):
+    def __init__(self, torch):
         self.torch, self.f = torch, torch.nn.functional
-        self.overrides = overrides if overrides is not None else {}  # constants replaced by trainable tensors
+        self.overrides: dict[ir.Value, object] = {}  # constants replaced by trainable tensors
         self._constants: dict[ir.Value, object] = {}
 
     def value(self, value: ir.Value, env: dict):
@@ -152,23 +153,28 @@ def _ann_activation(torch):
     return activation
 
 
+MIN_THETA = 1e-6  # θ_pre stays positive (the neuron divides by it)
+
+
 def _snn_activation(torch, steps: int, parameters: dict[str, tuple]):
-    """DA-QCFS at T with the node's parameters (or the trainable ones in `parameters`)."""
+    """DA-QCFS at T with the node's parameters, or the trainable ones given in `parameters`."""
     def activation(node: ir.Node, z):
+        stored = get_parameters(node)
         theta_pre, theta_post, psi = parameters.get(node.name) or [
-            torch.from_numpy(a) for a in (get_parameters(node).theta_pre, get_parameters(node).theta_post, get_parameters(node).psi)]
+            torch.from_numpy(a) for a in (stored.theta_pre, stored.theta_post, stored.psi)]
         view = lambda a: _channel_view(a, z.dim())  # noqa: E731
-        level = torch.clamp(_floor_ste(torch, (z + view(psi)) * steps / view(theta_pre) + 0.5), 0, steps)
-        return level * view(theta_post) / steps
+        level = (z + view(psi)) * steps / view(torch.clamp(theta_pre, min=MIN_THETA)) + 0.5
+        return torch.clamp(_floor_ste(torch, level), 0, steps) * view(theta_post) / steps
     return activation
 
 
 class _Scaled:
     """A trainable tensor p = p0 + scale·u (u starts at 0), so one learning rate suits every parameter."""
 
-    def __init__(self, torch, start: np.ndarray, scale: float):
+    def __init__(self, torch, start: np.ndarray, scale: np.ndarray | float):
         self.start = torch.from_numpy(start.astype(np.float32))
-        self.scale = float(scale) if scale > 0 else 1.0
+        scale = np.asarray(scale, np.float32)
+        self.scale = torch.from_numpy(np.where(scale > 0, scale, np.float32(1)).astype(np.float32))
         self.u = torch.zeros_like(self.start, requires_grad=True)
 
     def __call__(self):
@@ -269,16 +275,14 @@ def reconstruct(model: ir.Model, data: CalibrationData, steps: int, options: Rec
     return summary
 
 
-def _trainables(torch, neuron, layers, options: ReconstructOptions, steps: int):
+def _trainables(torch, neuron: ir.Node, layers: list[ir.Node], options: ReconstructOptions, steps: int):
     """The neuron's θ_pre, θ_post, ψ and the layers' biases (and weights, if asked)."""
     trainable, overrides = {}, {}
-    if neuron is not None:
-        p = get_parameters(neuron)
-        channels = max(p.theta_pre.size, p.theta_post.size, p.psi.size)
-        full = [np.broadcast_to(a, (channels,)).copy() for a in (p.theta_pre, p.theta_post, p.psi)]
-        scale = float(np.mean(full[0]))
-        trainable["neuron"] = (_Scaled(torch, full[0], scale), _Scaled(torch, full[1], scale),
-                               _Scaled(torch, full[2], scale / steps))
+    p = get_parameters(neuron)
+    channels = max(p.theta_pre.size, p.theta_post.size, p.psi.size)
+    full = [np.broadcast_to(a, (channels,)).copy() for a in (p.theta_pre, p.theta_post, p.psi)]
+    trainable["neuron"] = (_Scaled(torch, full[0], full[0]), _Scaled(torch, full[1], full[0]),
+                           _Scaled(torch, full[2], full[0] / steps))  # per channel, relative to θ_pre
     for layer in layers:
         if len(layer.inputs) > 2 and layer.inputs[2] is not None and layer.inputs[2].const_value is not None:
             bias = layer.inputs[2].const_value.numpy()
@@ -291,15 +295,15 @@ def _trainables(torch, neuron, layers, options: ReconstructOptions, steps: int):
     return trainable, overrides
 
 
-def _write(graph: ir.Graph, neuron, trainable: dict, layers: list, overrides: dict) -> None:
-    if neuron is not None:
-        old = get_parameters(neuron)
-        theta_pre, theta_post, psi = (p.numpy() for p in trainable["neuron"])
-        silent = np.broadcast_to(old.theta_post, theta_post.shape) == 0
-        set_parameters(neuron, NeuronParameters(
-            theta_pre=np.where(silent, 1, np.maximum(theta_pre, 1e-6 * np.max(np.abs(theta_pre)) + 1e-12)).astype(np.float32),
-            theta_post=np.where(silent, 0, theta_post).astype(np.float32),
-            psi=np.where(silent, 0, psi).astype(np.float32), case=old.case))
+def _write(graph: ir.Graph, neuron: ir.Node, trainable: dict, layers: list, overrides: dict) -> None:
+    """The refined neuron parameters onto the node, refined initializers as copies (silent channels stay silent)."""
+    old = get_parameters(neuron)
+    theta_pre, theta_post, psi = (p.numpy() for p in trainable["neuron"])
+    silent = np.broadcast_to(old.theta_post, theta_post.shape) == 0
+    set_parameters(neuron, NeuronParameters(
+        theta_pre=np.where(silent, 1, np.maximum(theta_pre, MIN_THETA)).astype(np.float32),
+        theta_post=np.where(silent, 0, theta_post).astype(np.float32),
+        psi=np.where(silent, 0, psi).astype(np.float32), case=old.case))
     for layer in layers:
         weight = overrides.get(layer.inputs[1])
         if weight is not None:
@@ -310,8 +314,6 @@ def _write(graph: ir.Graph, neuron, trainable: dict, layers: list, overrides: di
 
 
 def _replace_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray) -> None:
-    from snncc.passes._graph import NameGenerator, add_initializer
-
     old = node.inputs[index]
     node.replace_input_with(index, add_initializer(graph, NameGenerator(graph), f"{old.name}.reconstructed",
                                                    array.astype(old.const_value.numpy().dtype).reshape(old.shape)))
