@@ -83,7 +83,13 @@ def _print_qdq_summary(model) -> None:
 @click.option("--calib-samples", type=int, help="Use the first N calibration samples.")
 @click.option("--preprocess", help="For image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
 @click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max', a percentile such as p99.9, or 'mse' (least quantisation error at T).")
-@click.option("--calibrate/--no-calibrate", default=None, help="DA-QCFS calibration (default: on for ReLU models, off for QCFS).")
+@click.option("--calibrate", "calibrate", is_flag=False, flag_value="auto", default="auto", show_default=True,
+              type=click.Choice(["auto", "paper", "thresholds", "layerwise", "ridge"]),
+              help="Calibration mode: 'auto' picks by T (docs/results.md); 'paper': max thresholds + DA-QCFS; "
+                   "'thresholds': thresholds only; 'layerwise': per-layer θ/ψ fit + least-squares read-out; "
+                   "'ridge': the same with a ridge refit of the weights feeding each neuron.")
+@click.option("--no-calibrate", is_flag=True, help="Thresholds only (the same as --calibrate thresholds).")
+@click.option("--keep-head", is_flag=True, help="Layer-wise modes: leave the read-out layer's weights untouched.")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Calibration batch size; each batch is one DA-QCFS momentum update.")
@@ -100,8 +106,8 @@ def _print_qdq_summary(model) -> None:
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
 @_user_errors
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
-                    calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: bool | None,
-                    momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
+                    calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: str, no_calibrate: bool,
+                    keep_head: bool, momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
                     reconstruct_iterations: int | None, reconstruct_weights: bool, drop_signed_qdq: bool, force: bool,
                     print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
@@ -112,7 +118,9 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     from snncc.modelio import check_output_path, default_output, load_model, model_input_shape, save_model
 
     output = output or default_output(model_path)
-    calibration = CalibrationOptions(ThresholdMode.parse(threshold), calibrate, momentum, batch_size)
+    mode = "thresholds" if no_calibrate else calibrate
+    calibration = CalibrationOptions(ThresholdMode.parse(threshold), {"paper": True, "thresholds": False}.get(mode),
+                                     momentum, batch_size, mode=mode, keep_head=keep_head)
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
                              neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
                              drop_signed_qdq=drop_signed_qdq)

@@ -131,8 +131,8 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
             f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need thresholds recorded on "
             "calibration data: pass --calib DATA (a .npy/.npz file, an image folder, or e.g. fashion-mnist:train)"
         )
-    if options.calibration.da_qcfs:
-        raise SnnccError(f"{source}: DA-QCFS calibration needs calibration data: pass --calib DATA")
+    if options.calibration.da_qcfs or options.calibration.mode in ("layerwise", "ridge"):
+        raise SnnccError(f"{source}: calibration ({options.calibration.resolved_mode(options.steps)}) needs calibration data: pass --calib DATA")
     if options.reconstruct is not None:
         raise SnnccError(f"{source}: reconstruction needs calibration data: pass --calib DATA")
 

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from snncc.passes._graph import NameGenerator, add_initializer
 
 # Conv rows (output positions) summed into the normal equations over the whole calibration set.
-MAX_CONV_ROWS = 200_000
+MAX_CONV_ROWS = 65_536
 
 
 def supported(node: ir.Node) -> bool:
@@ -73,10 +73,10 @@ class AffineLayer:
         else:
             design = x.reshape(-1, x.shape[-1])[None]
             target = y.reshape(-1, y.shape[-1])[None]
-        design = design.astype(np.float64)
+        design = design.astype(np.float32)
         if self.has_bias:
-            design = np.concatenate([design, np.ones(design.shape[:2] + (1,))], axis=2)
-        return design, target.astype(np.float64)
+            design = np.concatenate([design, np.ones(design.shape[:2] + (1,), np.float32)], axis=2)
+        return design, target.astype(np.float32)
 
     def _conv_rows(self, x, y, rng, positions):
         kh, kw = self.weights_shape()[2:]
@@ -139,8 +139,8 @@ class NormalEquations:
         self.rows = 0
 
     def add(self, design: np.ndarray, target: np.ndarray) -> None:
-        transposed = design.transpose(0, 2, 1)
-        gram, cross = transposed @ design, transposed @ target
+        transposed = design.transpose(0, 2, 1)  # products in float32, sums over batches in float64
+        gram, cross = (transposed @ design).astype(np.float64), (transposed @ target).astype(np.float64)
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
         self.rows += design.shape[1]

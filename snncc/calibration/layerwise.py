@@ -12,8 +12,7 @@ neuron layer already fixed and quantised as the SNN runs it:
    (`neuron_search`), around the bias correction δ = mean(z_ann) − mean(z_q); δ is moved into the
    bias of the affine layer feeding l where there is one (bias correction), else it stays in ψ;
 3. finally the read-out layers (`layer_graph.read_out_layers`) are refit by least squares on the
-   SNN's features towards the ANN's outputs (`head='lstsq'`), or only have their bias corrected
-   (`head='bias'`), or are kept (`head='keep'`).
+   SNN's features towards the ANN's outputs (`head='lstsq'`), or kept (`head='keep'`).
 
 Each step runs the quantised model and the original ANN from the input to the values it needs
 (`layer_graph.prefix_model`), one pass over the calibration data each.
@@ -37,9 +36,12 @@ from snncc.passes._activation import QCFS, NeuronParameters, read_activation, se
 
 CASE_RELU_LAYERWISE = "relu-layerwise"
 CASE_QCFS_LAYERWISE = "qcfs-layerwise"
-HEADS = ("lstsq", "bias", "keep")
+HEADS = ("lstsq", "keep")
 # λ of the ridge refit, relative to the mean diagonal of XᵀX.
 RIDGE = 0.05
+# The refits (ridge and read-out) read the first samples only: a few hundred thousand rows fix a
+# few hundred weights per output, and the passes cost less.
+REFIT_SAMPLES = 4096
 
 
 class _Passes:
@@ -50,7 +52,7 @@ class _Passes:
         self.model, self.original, self.data, self.steps, self.batch_size = model, original, data, steps, batch_size
         self.passes = 0
 
-    def run(self, quantised: list[str], reference: list[str], label: str):
+    def run(self, quantised: list[str], reference: list[str], label: str, samples: int | None = None):
         from snncc.evaluate import progress
         from snncc.session import make_session
 
@@ -58,7 +60,8 @@ class _Passes:
         a_session = make_session(prefix_model(self.original, original_activation, reference), native=False)
         q_input, a_input = q_session.get_inputs()[0].name, a_session.get_inputs()[0].name
         self.passes += 1
-        for batch in progress(list(self.data.batches(self.batch_size)), label):
+        subset = self.data if samples is None else CalibrationData(self.data.x[:samples], self.data.source)
+        for batch in progress(list(subset.batches(self.batch_size)), label):
             yield q_session.run(quantised, {q_input: batch}), a_session.run(reference, {a_input: batch})
 
 
@@ -67,18 +70,17 @@ def _refittable(node: ir.Node | None) -> bool:
     return node is not None and supported(node) and any(v.producer() is not None for v in synaptic_inputs(node.inputs[0]))
 
 
-def _refit(passes: _Passes, layer: AffineLayer, target_names: tuple[str, str | None], ridge: float,
-           samples: int, label: str) -> None:
-    """Refit `layer` on its quantised input: target = its quantised output + (ANN value − quantised
-    value) of the value named by `target_names` (the layer's own output when the second is None)."""
+def _refit(passes: _Passes, layer: AffineLayer, value_name: str, ridge: float, samples: int, label: str) -> None:
+    """Refit `layer` on its quantised input towards its quantised output + (ANN − quantised) of the
+    value `value_name`: the layer's own output, or the Add of it and other terms that it feeds."""
     node = layer.node
     x_name, y_name = node.inputs[0].name, node.outputs[0].name
-    value_name = target_names[0]
     quantised = [x_name, y_name] + ([value_name] if value_name != y_name else [])
+    samples = min(samples, REFIT_SAMPLES)
     positions = max(1, MAX_CONV_ROWS // samples)
     rng = np.random.default_rng(0)
     equations = NormalEquations()
-    for q_out, a_out in passes.run(quantised, [value_name], label):
+    for q_out, a_out in passes.run(quantised, [value_name], label, samples):
         x, y = q_out[0], q_out[1]
         z_q = q_out[2] if len(q_out) > 2 else y
         target = y + (a_out[0] - z_q)
@@ -100,7 +102,7 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
         affine = affine_producer(node)
         z_name = node.inputs[0].name
         if ridge and _refittable(affine):
-            _refit(passes, AffineLayer(affine), (z_name, None), RIDGE, len(data.x), f"ridge refit {affine.name}")
+            _refit(passes, AffineLayer(affine), z_name, RIDGE, len(data.x), f"ridge refit {affine.name}")
             refit.append(affine.name)
         statistics = OutputErrorStatistics(tops[node.name])
         for (z_q,), (z_ann, r) in passes.run([z_name], [z_name, node.outputs[0].name], f"layer-wise {node.name} T={steps}"):
@@ -116,28 +118,16 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
             corrected.append(affine.name)
         case = CASE_QCFS_LAYERWISE if read_activation(node).kind == QCFS else CASE_RELU_LAYERWISE
         set_parameters(node, NeuronParameters(fit.theta_pre, fit.theta_post, psi, case))
-    heads = _calibrate_heads(model, passes, head, len(data.x)) if head != "keep" else []
+    heads = _least_squares_heads(model, passes, len(data.x)) if head == "lstsq" else []
     return {"layerwise": True, "ridge": RIDGE if ridge else None, "refit": refit, "bias_corrected": corrected,
             "head": head, "head_layers": heads, "passes": passes.passes}
 
 
-def _calibrate_heads(model: ir.Model, passes: _Passes, head: str, samples: int) -> list[str]:
+def _least_squares_heads(model: ir.Model, passes: _Passes, samples: int) -> list[str]:
     names = []
     for node in read_out_layers(model):
         if not supported(node):
             continue
-        layer = AffineLayer(node)
-        y_name = node.outputs[0].name
-        if head == "lstsq":
-            _refit(passes, layer, (y_name, None), 0.0, samples, f"least-squares head {node.name}")
-        elif layer.has_bias:
-            total, count = 0.0, 0
-            for (y_q,), (y_ann,) in passes.run([y_name], [y_name], f"head bias {node.name}"):
-                difference = np.moveaxis(y_ann - y_q, 1 if node.op_type == "Conv" else -1, 0)
-                total = total + difference.reshape(difference.shape[0], -1).sum(axis=1)
-                count += difference[0].size
-            layer.set_bias(model.graph, layer.bias.reshape(-1) + total / count)
-        else:
-            continue
+        _refit(passes, AffineLayer(node), node.outputs[0].name, 0.0, samples, f"least-squares head {node.name}")
         names.append(node.name)
     return names

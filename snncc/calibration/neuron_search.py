@@ -60,15 +60,16 @@ class OutputErrorStatistics:
         self.n = 0
 
     def add(self, z_q: np.ndarray, z_ann: np.ndarray, r: np.ndarray) -> None:
-        z, r = _per_channel(z_q).astype(np.float64), _per_channel(r).astype(np.float64)
+        z, r = _per_channel(z_q), _per_channel(r)
         channels = z.shape[0]
-        bins = np.clip(np.floor((z - self.low[:, None]) / self.width[:, None]), 0, BINS - 1).astype(np.int64)
+        scale = (1 / self.width).astype(np.float32)[:, None]
+        bins = np.clip((z - self.low.astype(np.float32)[:, None]) * scale, 0, BINS - 1).astype(np.int64)
         flat = (bins + np.arange(channels)[:, None] * BINS).reshape(-1)
         self.count += np.bincount(flat, minlength=channels * BINS).reshape(channels, BINS)
         self.sum_r += np.bincount(flat, weights=r.reshape(-1), minlength=channels * BINS).reshape(channels, BINS)
-        self.sum_r2 += np.sum(r * r, axis=1)
-        self.sum_z_q += z.sum(axis=1)
-        self.sum_z_ann += _per_channel(z_ann).astype(np.float64).sum(axis=1)
+        self.sum_r2 += np.sum(np.square(r, dtype=np.float64), axis=1)
+        self.sum_z_q += z.sum(axis=1, dtype=np.float64)
+        self.sum_z_ann += _per_channel(z_ann).sum(axis=1, dtype=np.float64)
         self.n += z.shape[1]
 
     def mean_shift(self) -> np.ndarray:
