@@ -125,3 +125,19 @@ def test_cli_says_in_one_line_when_torch_is_missing(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["compile", str(path), "--T", "2", "--calib", str(data), "--reconstruct", "5"])
     assert result.exit_code == 2
     assert result.output.strip() == f"snncc: error: {MISSING_TORCH}"
+
+
+def test_cli_reconstructs_after_the_calibration_mode(tmp_path):
+    from click.testing import CliRunner
+
+    from snncc.cli import main
+
+    path, data, out = tmp_path / "mlp.onnx", tmp_path / "calib.npy", tmp_path / "mlp.snn.onnx"
+    onnx.save(mlp(), path)
+    np.save(data, _data(64))
+    result = CliRunner().invoke(main, ["compile", str(path), "--T", "2", "--calib", str(data), "--calibrate", "thresholds",
+                                       "--reconstruct", "3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads({p.key: p.value for p in onnx.load(out).metadata_props}["snncc.calibration"])
+    assert calibration["mode"] == "thresholds" and calibration["reconstruct"]["iterations"] == 3
+    assert len(calibration["reconstruct"]["blocks"]) == 2

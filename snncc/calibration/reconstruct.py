@@ -213,7 +213,7 @@ def reconstruct(model: ir.Model, data: CalibrationData, steps: int, options: Rec
     torch = import_torch()
     torch.manual_seed(options.seed)
     graph = model.graph
-    x = torch.from_numpy(np.ascontiguousarray(data.x[:options.samples], dtype=np.float32))
+    x = torch.from_numpy(np.array(data.x[:options.samples], dtype=np.float32))  # a writable copy
     source = graph.inputs[0]
     activations = [n for n in graph if is_activation(n)]
     outputs = list(graph.outputs)
