@@ -285,12 +285,13 @@ def test_ort_uint8_model_runs_equal_at_T_255(uint8_model, fashion):
 
 
 def test_ort_uint4_model_calibrates_at_lower_T(uint4_model, fashion):
+    """At T = 4 < 15 levels, layer-wise calibration ('ridge') brings the SNN back near the QDQ model."""
     path = uint4_model
     x = fashion[1][0][:500]
     reference = _qdq_logits(path, x).argmax(1)
     plain = compile_model(onnx.load(path), CompileOptions(steps=4, fold_time=True)).model
     calibrated = compile_model(onnx.load(path), CompileOptions(
         steps=4, fold_time=True, calibration_data=CalibrationData(fashion[0], "fashion-mnist:train[:512]"),
-        calibration=CalibrationOptions(da_qcfs=True))).model
+        calibration=CalibrationOptions(mode="ridge"))).model
     agreement = [np.mean(_snn_outputs(m, x).argmax(1) == reference) for m in (plain, calibrated)]
-    assert agreement[1] > agreement[0] + 0.05, agreement
+    assert agreement[1] > 0.8 and agreement[1] > agreement[0] + 0.3, agreement
