@@ -208,71 +208,91 @@ def _mse(torch, a, b):
     return torch.mean((a - b) ** 2)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Block:
+    neuron: ir.Node
+    cut: set[ir.Value]  # where the block's inputs come from: other neurons' outputs and the graph input
+    targets: list[ir.Value]  # the next neurons' input currents (or graph outputs) it is fitted on
+    nodes: list[ir.Node]  # from the cut to the targets, the neuron included, in graph order
+    layers: list[ir.Node]  # the affine layers whose parameters it refines
+
+
+def _blocks(model: ir.Model) -> list[_Block]:
+    graph = model.graph
+    activations = [n for n in graph if is_activation(n)]
+    outputs = list(graph.outputs)
+    blocks = []
+    for neuron in activations:
+        targets = _next_currents(neuron, activations, outputs)
+        cut = ({n.outputs[0] for n in activations} | set(graph.inputs)) - {neuron.outputs[0]}
+        needed = set().union(*(_block_nodes(graph, t, cut) for t in targets))
+        following = [affine_producer(j) for j in activations if j.inputs[0] in targets] + \
+            (read_out_layers(model) if set(outputs) & set(targets) else [])
+        layers = [layer for layer in [affine_producer(neuron)] + following if layer is not None and layer in needed]
+        blocks.append(_Block(neuron, cut, targets, [n for n in graph if n in needed], layers))
+    return blocks
+
+
 def reconstruct(model: ir.Model, data: CalibrationData, steps: int, options: ReconstructOptions) -> dict:
     """Refine the calibrated model in place, block by block; returns a summary for the metadata."""
     torch = import_torch()
     torch.manual_seed(options.seed)
-    graph = model.graph
     x = torch.from_numpy(np.array(data.x[:options.samples], dtype=np.float32))  # a writable copy
-    source = graph.inputs[0]
-    activations = [n for n in graph if is_activation(n)]
-    outputs = list(graph.outputs)
-    rng = np.random.default_rng(options.seed)
-    # The ANN's own values (targets) and the SNN's values block by block (inputs of the next blocks).
+    source = model.graph.inputs[0]
+    # The ANN's own values (the targets), and the SNN's neuron outputs as the blocks are refined.
     with torch.no_grad():
         ann_env = {source: x}
-        _Interpreter(torch).run(list(graph), ann_env, _ann_activation(torch))
+        _Interpreter(torch).run(list(model.graph), ann_env, _ann_activation(torch))
     snn_env = {source: x}
+    rng = np.random.default_rng(options.seed)
     summary = {"iterations": options.iterations, "samples": int(len(x)), "batch_size": options.batch_size,
                "learning_rate": options.learning_rate, "weights": options.weights, "blocks": [], "changed_layers": []}
-    losses = []
-    cut_everywhere = {n.outputs[0] for n in activations} | {source}
-    for neuron in activations:
-        targets = _next_currents(neuron, activations, outputs)
-        cut = cut_everywhere - {neuron.outputs[0]}
-        needed = set().union(*(_block_nodes(graph, t, cut) for t in targets))
-        nodes = [n for n in graph if n in needed]
-        following = [affine_producer(j) for j in activations if j.inputs[0] in targets] + \
-            ([] if not set(outputs) & set(targets) else read_out_layers(model))
-        layers = [layer for layer in [affine_producer(neuron)] + following if layer is not None and layer in needed]
-        trainable, overrides = _trainables(torch, neuron, layers, options, steps)
-        interpreter = _Interpreter(torch)
-        inputs = [v for v in cut if v in snn_env]
-        params = [p.u for group in trainable.values() for p in (group if isinstance(group, tuple) else (group,))]
-
-        def forward(index, trained=True):
-            interpreter.overrides = {v: p() for v, p in overrides.items()} if trained else {}
-            parameters = {neuron.name: tuple(p() for p in trainable["neuron"])} if trained else {}
-            env = {v: snn_env[v][index] for v in inputs}
-            interpreter.run(nodes, env, _snn_activation(torch, steps, parameters))
-            return env
-
-        def loss(env, index):
-            return sum(_mse(torch, env[t], ann_env[t][index]) for t in targets)
-
-        everything = np.arange(len(x))
-        with torch.no_grad():
-            start = float(loss(forward(everything), everything))
-        optimiser = torch.optim.Adam(params, lr=options.learning_rate)
-        for _ in range(options.iterations):
-            index = rng.choice(len(x), min(options.batch_size, len(x)), replace=False)
-            value = loss(forward(index), index)
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-        with torch.no_grad():
-            env = forward(everything)
-            end = float(loss(env, everything))
-            if end < start:  # keep the refinement only where it lowered the block's error on all samples
-                _write(graph, neuron, trainable, layers, overrides)
-                changed = sorted(set(summary["changed_layers"]) | {layer.name for layer in layers})
-                summary["changed_layers"] = changed
-            else:
-                end, env = start, forward(everything, trained=False)
-        snn_env[neuron.outputs[0]] = env[neuron.outputs[0]]
-        losses.append({"block": neuron.name, "mse_before": start, "mse_after": end})
-    summary["blocks"] = losses
+    for block in _blocks(model):
+        start, end = _refine(torch, model.graph, block, snn_env, ann_env, steps, options, rng)
+        if end < start:
+            summary["changed_layers"] = sorted(set(summary["changed_layers"]) | {layer.name for layer in block.layers})
+        summary["blocks"].append({"block": block.neuron.name, "mse_before": start, "mse_after": min(start, end)})
     return summary
+
+
+def _refine(torch, graph: ir.Graph, block: _Block, snn_env: dict, ann_env: dict, steps: int,
+            options: ReconstructOptions, rng: np.random.Generator) -> tuple[float, float]:
+    """Fit one block by Adam; write its parameters back if that lowered its error on all samples, and
+    store the neuron's output (as the SNN now computes it) in snn_env. Returns the errors before and after."""
+    neuron = block.neuron
+    trainable, overrides = _trainables(torch, neuron, block.layers, options, steps)
+    interpreter = _Interpreter(torch)
+    inputs = [v for v in block.cut if v in snn_env]
+
+    def forward(index, trained=True):
+        interpreter.overrides = {v: p() for v, p in overrides.items()} if trained else {}
+        parameters = {neuron.name: tuple(p() for p in trainable["neuron"])} if trained else {}
+        env = {v: snn_env[v][index] for v in inputs}
+        interpreter.run(block.nodes, env, _snn_activation(torch, steps, parameters))
+        return env
+
+    def loss(env, index):
+        return sum(_mse(torch, env[t], ann_env[t][index]) for t in block.targets)
+
+    everything = np.arange(len(snn_env[graph.inputs[0]]))
+    with torch.no_grad():
+        start = float(loss(forward(everything), everything))
+    optimiser = torch.optim.Adam([p.u for group in trainable.values() for p in group], lr=options.learning_rate)
+    for _ in range(options.iterations):
+        index = rng.choice(everything.size, min(options.batch_size, everything.size), replace=False)
+        value = loss(forward(index), index)
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+    with torch.no_grad():
+        env = forward(everything)
+        end = float(loss(env, everything))
+        if end < start:
+            _write(graph, neuron, trainable, block.layers, overrides)
+        else:
+            env = forward(everything, trained=False)
+    snn_env[neuron.outputs[0]] = env[neuron.outputs[0]]
+    return start, end
 
 
 def _trainables(torch, neuron: ir.Node, layers: list[ir.Node], options: ReconstructOptions, steps: int):
@@ -286,12 +306,12 @@ def _trainables(torch, neuron: ir.Node, layers: list[ir.Node], options: Reconstr
     for layer in layers:
         if len(layer.inputs) > 2 and layer.inputs[2] is not None and layer.inputs[2].const_value is not None:
             bias = layer.inputs[2].const_value.numpy()
-            trainable[f"{layer.name}.bias"] = _Scaled(torch, bias, float(np.mean(np.abs(bias))) or 1.0)
-            overrides[layer.inputs[2]] = trainable[f"{layer.name}.bias"]
+            overrides[layer.inputs[2]] = _Scaled(torch, bias, float(np.mean(np.abs(bias))) or 1.0)
+            trainable[f"{layer.name}.bias"] = (overrides[layer.inputs[2]],)
         if options.weights:
             weight = layer.inputs[1].const_value.numpy()
-            trainable[f"{layer.name}.weight"] = _Scaled(torch, weight, float(np.mean(np.abs(weight))))
-            overrides[layer.inputs[1]] = trainable[f"{layer.name}.weight"]
+            overrides[layer.inputs[1]] = _Scaled(torch, weight, float(np.mean(np.abs(weight))))
+            trainable[f"{layer.name}.weight"] = (overrides[layer.inputs[1]],)
     return trainable, overrides
 
 
