@@ -17,6 +17,7 @@ import onnx_ir as ir
 
 import snncc
 from snncc import ops
+from snncc.ann_graph import copy_model
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.calibration.reconstruct import ReconstructOptions
@@ -145,10 +146,12 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
     calibration = {"done": False}
     if options.calibration_data is not None:
         CheckConvertiblePass(options.source)(graph_model)  # fail before spending time on data
+        original = copy_model(graph_model) if options.reconstruct is not None else None
         calibration = calibrate_parameters(graph_model, options.calibration_data, options.steps, options.calibration)
         if options.reconstruct is not None:
             from snncc.calibration.reconstruct import reconstruct
-            calibration["reconstruct"] = reconstruct(graph_model, options.calibration_data, options.steps, options.reconstruct)
+            calibration["reconstruct"] = reconstruct(graph_model, original, options.calibration_data, options.steps,
+                                                     options.reconstruct)
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)

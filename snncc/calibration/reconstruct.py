@@ -233,16 +233,18 @@ def _blocks(model: ir.Model) -> list[_Block]:
     return blocks
 
 
-def reconstruct(model: ir.Model, data: CalibrationData, steps: int, options: ReconstructOptions) -> dict:
-    """Refine the calibrated model in place, block by block; returns a summary for the metadata."""
+def reconstruct(model: ir.Model, original: ir.Model, data: CalibrationData, steps: int, options: ReconstructOptions) -> dict:
+    """Refine the calibrated model in place, block by block, towards `original` (the analysed ANN
+    before calibration changed any weight); returns a summary for the metadata."""
     torch = import_torch()
     torch.manual_seed(options.seed)
     x = torch.from_numpy(np.array(data.x[:options.samples], dtype=np.float32))  # a writable copy
     source = model.graph.inputs[0]
     # The ANN's own values (the targets), and the SNN's neuron outputs as the blocks are refined.
     with torch.no_grad():
-        ann_env = {source: x}
-        _Interpreter(torch).run(list(model.graph), ann_env, _ann_activation(torch))
+        values = {original.graph.inputs[0]: x}
+        _Interpreter(torch).run(list(original.graph), values, _ann_activation(torch))
+    ann_env = {value.name: tensor for value, tensor in values.items()}
     snn_env = {source: x}
     rng = np.random.default_rng(options.seed)
     summary = {"iterations": options.iterations, "samples": int(len(x)), "batch_size": options.batch_size,
@@ -272,7 +274,7 @@ def _refine(torch, graph: ir.Graph, block: _Block, snn_env: dict, ann_env: dict,
         return env
 
     def loss(env, index):
-        return sum(_mse(torch, env[t], ann_env[t][index]) for t in block.targets)
+        return sum(_mse(torch, env[t], ann_env[t.name][index]) for t in block.targets)
 
     everything = np.arange(len(snn_env[graph.inputs[0]]))
     with torch.no_grad():
