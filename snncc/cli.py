@@ -94,6 +94,18 @@ def main():
     """Compile ANN ONNX models into parallel-spiking SNN ONNX models."""
 
 
+def _print_qdq_summary(model) -> None:
+    from snncc.passes.match_qdq import qdq_summary
+
+    summary = qdq_summary({p.key: p.value for p in model.metadata_props})
+    if summary is None:
+        return
+    click.echo(f"QDQ: {summary['activations']} quantised activations became neuron layers")
+    if summary["dropped_signed_pairs"]:
+        click.echo(f"approximate: dropped {len(summary['dropped_signed_pairs'])} signed Q/DQ pair(s) between neurons "
+                   f"({', '.join(summary['dropped_signed_pairs'])}); the SNN does not equal the QDQ model")
+
+
 @main.command("compile")
 @click.argument("model_path", metavar="IN.onnx", type=click.Path(path_type=Path))
 @click.option("--T", "steps", type=int, required=True, help="Number of SNN time-steps T.")
@@ -117,13 +129,19 @@ def main():
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
 @click.option("--emit-spikes", multiple=True, metavar="NAME", help="Also output this neuron layer's spike train (repeatable).")
+@click.option("--reconstruct", "reconstruct_iterations", type=click.IntRange(min=1), metavar="ITERATIONS",
+              help="After calibration, refine each neuron block by gradient (Adam steps per block; needs torch: snncc[reconstruct]).")
+@click.option("--reconstruct-weights", is_flag=True, help="With --reconstruct: refine the weights next to each neuron too, not only biases.")
+@click.option("--drop-signed-qdq", is_flag=True,
+              help="QDQ models: drop Q/DQ pairs on signed ranges between neurons (the SNN then approximates the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
 @_user_errors
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
                     calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: str, no_calibrate: bool,
                     keep_head: bool, momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
-                    force: bool, print_runtime: bool):
+                    reconstruct_iterations: int | None, reconstruct_weights: bool, drop_signed_qdq: bool, force: bool,
+                    print_runtime: bool):
     """Compile IN.onnx into a spiking model with T time-steps."""
     from snncc.calibration.pipeline import CalibrationOptions
     from snncc.calibration.thresholds import ThresholdMode
@@ -136,7 +154,12 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), {"paper": True, "thresholds": False}.get(mode),
                                      momentum, batch_size, mode=mode, keep_head=keep_head)
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
-                             neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes)
+                             neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
+                             drop_signed_qdq=drop_signed_qdq)
+    if reconstruct_iterations is not None:
+        from snncc.calibration.reconstruct import ReconstructOptions, import_torch
+        import_torch()  # fail before calibrating when torch is missing
+        options = dataclasses.replace(options, reconstruct=ReconstructOptions(reconstruct_iterations, weights=reconstruct_weights))
     model = load_model(model_path)
     check_output_path(output, model_path, force)
     data = _load_calibration(model, model_path, calib_spec, calib_samples, preprocess)
@@ -149,6 +172,7 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     if neuron == "parallel" and not fold_time and steps >= FOLD_HINT_STEPS:
         click.echo(f"note: this time-expanded SNN runs its synaptic layers on T={steps} times the batch; "
                    "--fold-time gives the same outputs with them run once", err=True)
+    _print_qdq_summary(result.model)
     if print_runtime:
         from snncc.session import runtime_description
         click.echo(runtime_description(result.model))

@@ -17,13 +17,16 @@ import onnx_ir as ir
 
 import snncc
 from snncc import ops
+from snncc.ann_graph import copy_model
 from snncc.batch_dim_names import name_batch_dims
 from snncc.calibration.dataset import CalibrationData, calibration_from_array
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
+from snncc.calibration.reconstruct import ReconstructOptions
 from snncc.errors import SnnccError
 from snncc.modelio import without_weights
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
 from snncc.passes._graph import CASE_KEY, source_of
+from snncc.passes.canonicalize_qdq import CanonicalizeQdqPass
 from snncc.passes.check_convertible import CheckConvertiblePass
 from snncc.passes.convert_opset import ConvertOpsetPass
 from snncc.passes.emit_spikes import EmitSpikesPass
@@ -34,6 +37,7 @@ from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
 from snncc.passes.make_batch_dynamic import MakeBatchDynamicPass
 from snncc.passes.match_activations import MatchActivationsPass, other_activations
+from snncc.passes.match_qdq import MatchQdqPass
 from snncc.passes.move_maxpool import MoveMaxPoolAfterActivationPass
 from snncc.passes.name_nodes import NameUnnamedNodesPass
 from snncc.passes.remove_no_ops import RemoveNoOpsPass
@@ -52,6 +56,8 @@ class CompileOptions:
     fold_time: bool = False  # synaptic layers run once on rates; neurons output spike counts
     neuron: str = "parallel"  # "parallel" (snn.ParallelSpike) or "if" (the serial IF baseline)
     emit_spikes: tuple[str, ...] = ()  # neuron layers whose spike trains become extra outputs
+    drop_signed_qdq: bool = False  # drop Q/DQ pairs on signed ranges between neurons (approximate)
+    reconstruct: ReconstructOptions | None = None  # block reconstruction after calibration (needs torch)
 
     def __post_init__(self):
         if not isinstance(self.steps, (int, np.integer)) or not 1 <= self.steps <= MAX_STEPS:
@@ -92,6 +98,7 @@ def canonicalize(model: ir.Model, source: str = "model") -> None:
         NameUnnamedNodesPass(),
         ConvertOpsetPass(ops.TARGET_OPSET),
         FreezeInitializerInputsPass(),
+        CanonicalizeQdqPass(),
         FoldConstantsPass(),
         RemoveNoOpsPass(),
         FoldBatchNormPass(),
@@ -104,10 +111,11 @@ def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
     return model if isinstance(model, ir.Model) else ir.from_proto(model)
 
 
-def analyse_activations(model: ir.Model, source: str = "model") -> ir.Model:
-    """Canonicalise, match activations and move MaxPools: the ANN as snncc understands it."""
+def analyse_activations(model: ir.Model, source: str = "model", drop_signed_qdq: bool = False) -> ir.Model:
+    """Canonicalise, match activations (and QDQ pairs) and move MaxPools: the ANN as snncc understands it."""
     canonicalize(model, source)
     MatchActivationsPass()(model)
+    MatchQdqPass(drop_signed_qdq)(model)
     MoveMaxPoolAfterActivationPass()(model)
     ir.passes.common.TopologicalSortPass()(model)
     return model
@@ -143,17 +151,25 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
     if options.calibration.da_qcfs or options.calibration.mode in ("layerwise", "ridge"):
         raise SnnccError(f"{source}: calibration ({options.calibration.resolved_mode(options.steps)}) needs calibration "
                          "data (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)")
+    if options.reconstruct is not None:
+        raise SnnccError(f"{source}: reconstruction needs calibration data (a .npy/.npz file, an image folder, "
+                         "an array, or e.g. fashion-mnist:train)")
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
     """Compile an ANN to a parallel-spiking SNN; raises SnnccError / ConversionError on bad input."""
-    graph_model = analyse_activations(to_ir(model), options.source)
+    graph_model = analyse_activations(to_ir(model), options.source, options.drop_signed_qdq)
     _check_data_needs(graph_model, options)
     SetQcfsParametersPass(options.steps, options.levels)(graph_model)
     calibration = {"done": False}
     if options.calibration_data is not None:
         CheckConvertiblePass(options.source)(graph_model)  # fail before spending time on data
+        original = copy_model(graph_model) if options.reconstruct is not None else None
         calibration = calibrate_parameters(graph_model, options.calibration_data, options.steps, options.calibration)
+        if options.reconstruct is not None:
+            from snncc.calibration.reconstruct import reconstruct
+            calibration["reconstruct"] = reconstruct(graph_model, original, options.calibration_data, options.steps,
+                                                     options.reconstruct)
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)

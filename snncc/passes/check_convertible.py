@@ -23,6 +23,7 @@ from snncc.passes._batch_axis import linearity_problem, rule_of
 from snncc.passes._shape_contents import read_from_spikes
 from snncc.passes._dataflow import Dataflow, Region, analyse
 from snncc.passes._graph import const_array, rank_of, source_of
+from snncc.passes.match_qdq import signed_pair_problem
 
 _MAXPOOLS = ("MaxPool", "GlobalMaxPool")
 # Elementwise ops whose coefficients may come from the analog input (tiled over the T steps).
@@ -132,6 +133,8 @@ def _between_neurons_problem(node: ir.Node, flow: Dataflow, trains: dict[ir.Valu
         return reason
     if node.op_type in _MAXPOOLS:
         return _maxpool_problem(node, trains)
+    if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+        return signed_pair_problem(node)
     return linearity_problem(node, flow.spiking_inputs(node)) or _coefficient_problem(node, flow)
 
 
