@@ -32,7 +32,9 @@ from snncc.calibration.affine_refit import MAX_CONV_ROWS, AffineLayer, NormalEqu
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.layer_graph import affine_producer, prefix_model, read_out_layers, synaptic_inputs
 from snncc.calibration.neuron_search import OutputErrorStatistics
+from snncc.errors import SnnccError
 from snncc.passes._activation import QCFS, NeuronParameters, read_activation, set_parameters
+from snncc.passes._graph import source_of
 
 CASE_RELU_LAYERWISE = "relu-layerwise"
 CASE_QCFS_LAYERWISE = "qcfs-layerwise"
@@ -106,6 +108,9 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
             refit.append(affine.name)
         statistics = OutputErrorStatistics(tops[node.name])
         for (z_q,), (z_ann, r) in passes.run([z_name], [z_name, node.outputs[0].name], f"layer-wise {node.name} T={steps}"):
+            if not (np.isfinite(z_q).all() and np.isfinite(z_ann).all()):
+                raise SnnccError(f"calibration: the input of activation '{source_of(node)}' ({node.op_type}) is not "
+                                 "finite (NaN or infinity) on the calibration data: check the model's weights and the data")
             statistics.add(z_q, z_ann, r)
         shift = statistics.mean_shift()
         fit = statistics.search(steps, shift)
