@@ -109,7 +109,7 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
         statistics = OutputErrorStatistics(tops[node.name])
         for (z_q,), (z_ann, r) in passes.run([z_name], [z_name, node.outputs[0].name], f"layer-wise {node.name} T={steps}"):
             if not (np.isfinite(z_q).all() and np.isfinite(z_ann).all()):
-                raise SnnccError(f"calibration: the input of activation '{source_of(node)}' ({node.op_type}) is not "
+                raise SnnccError(f"calibration: the input of activation '{source_of(node)}' ({read_activation(node).kind}) is not "
                                  "finite (NaN or infinity) on the calibration data: check the model's weights and the data")
             statistics.add(z_q, z_ann, r)
         shift = statistics.mean_shift()
