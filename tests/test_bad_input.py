@@ -77,10 +77,12 @@ def leftovers(folder: Path) -> list[str]:
 
 def assert_user_error(result, *needles: str, folder: Path | None = None, output: Path | None = None) -> str:
     """Exit 2, one line on stderr starting 'snncc: error:', no traceback, nothing written.
-    (Progress lines of work done before the error, such as calibration, may precede it.)"""
+    (Progress lines of work done before the error, such as calibration, and warnings about the
+    calibration data may precede it.)"""
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == 2, (result.exit_code, result.output)
-    lines = [line for line in result.stderr.strip().splitlines() if not PROGRESS.match(line)]
+    lines = [line for line in result.stderr.strip().splitlines()
+             if not PROGRESS.match(line) and not line.startswith("snncc: warning:")]
     assert len(lines) == 1 and lines[0].startswith("snncc: error:"), result.stderr
     assert "Traceback" not in result.output
     for needle in needles:

@@ -140,10 +140,15 @@ class NormalEquations:
 
     def add(self, design: np.ndarray, target: np.ndarray) -> None:
         transposed = design.transpose(0, 2, 1)  # products in float32, sums over batches in float64
-        gram, cross = (transposed @ design).astype(np.float64), (transposed @ target).astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow shows as non-finite sums: `finite`
+            gram, cross = (transposed @ design).astype(np.float64), (transposed @ target).astype(np.float64)
         self.gram = gram if self.gram is None else self.gram + gram
         self.cross = cross if self.cross is None else self.cross + cross
         self.rows += design.shape[1]
+
+    def finite(self) -> bool:
+        """Whether the sums are finite (inputs with NaN, or products beyond float32, make them not)."""
+        return bool(np.isfinite(self.gram).all() and np.isfinite(self.cross).all())
 
     def solve(self, prior: np.ndarray, ridge: float) -> np.ndarray:
         """(XᵀX + λI)⁻¹(XᵀY + λ·prior) per group with λ = ridge · mean diagonal of XᵀX; ridge = 0:

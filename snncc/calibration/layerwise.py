@@ -87,6 +87,9 @@ def _refit(passes: _Passes, layer: AffineLayer, value_name: str, ridge: float, s
         z_q = q_out[2] if len(q_out) > 2 else y
         target = y + (a_out[0] - z_q)
         equations.add(*layer.rows(x, target, rng, positions))
+    if not equations.finite():
+        raise SnnccError(f"calibration: {label}: the layer's inputs or targets are not finite in float32 (NaN, "
+                         "infinity or overflow) on the calibration data: check the model's weights and the data")
     layer.write(passes.model.graph, equations.solve(layer.parameters(), ridge))
 
 

@@ -534,6 +534,9 @@ RULES: dict[str, Rule] = {
     "CumSum": Rule(cumsum, (0,)),
     "Trilu": Rule(last_two_axes, (0,)),
     "Dropout": Rule(keep_axis, (0,)),
+    # per-tensor or per-axis (the `axis` attribute names the channel axis): elementwise, but rounding
+    # (Quantize) on integers: exact on spikes only as a neuron (snncc.passes.match_qdq)
+    "QuantizeLinear": Rule(keep_axis, ()), "DequantizeLinear": Rule(keep_axis, ()),
     "GroupNormalization": Rule(batch_first, ()), "MeanVarianceNormalization": Rule(batch_first, ()),
     "LpNormalization": Rule(along_axis(-1), ()),
     "Softmax": Rule(along_axis(-1), ()), "LogSoftmax": Rule(along_axis(-1), ()), "Hardmax": Rule(along_axis(-1), ()),
