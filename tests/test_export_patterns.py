@@ -15,8 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +26,7 @@ from snncc.compiler import CompileOptions, compile_model
 from snncc.errors import ConversionError, SnnccError
 from snncc.inspection import describe
 from tests import equivalence
+from tests.cached_models import cached_model
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional
@@ -233,15 +232,7 @@ def export(name: str, exporter: str, opset: int, dynamic_batch: bool = True, dyn
     source = Path(__file__).read_text().split("\ndef export(")[0].encode()
     key = hashlib.sha256(source + f"|{torch.__version__}|{name}|{exporter}|{opset}|{dynamic_batch}|{dynamic_hw}".encode()).hexdigest()[:16]
     path = CACHE / f"{name}-{exporter}-{opset}-{'N' if dynamic_batch else '1'}{'HW' if dynamic_hw else ''}-{key}.onnx"
-    if path.is_file():
-        return onnx.load(path)
-    model = _export(name, exporter, opset, dynamic_batch, dynamic_hw)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=CACHE, suffix=".tmp")
-    os.close(fd)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
-    return model
+    return cached_model(path, lambda: _export(name, exporter, opset, dynamic_batch, dynamic_hw))
 
 
 def _inputs(model: onnx.ModelProto, n: int, seed: int) -> np.ndarray:

@@ -24,8 +24,6 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import inspect
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ from snncc.calibration.pipeline import CalibrationOptions
 from snncc.compiler import CompileOptions, compile_model
 from snncc.errors import ConversionError
 from tests import equivalence
+from tests.cached_models import cached_model
 from tests.zoo import real_models, torch_models
 
 LIGHT_DIR = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
@@ -171,15 +170,7 @@ def cached_export(parts: list[str], make) -> onnx.ModelProto:
     """`make()`, cached in .cache/zoo under a hash of `parts` (model code, library versions, export)."""
     key = hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
     path = CACHE / f"{'-'.join(parts[-3:])}-{key}.onnx"
-    if path.is_file():
-        return onnx.load(path)
-    model = make()
-    CACHE.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=CACHE, suffix=".tmp")
-    os.close(fd)
-    onnx.save(model, tmp)
-    os.replace(tmp, path)
-    return model
+    return cached_model(path, make)
 
 
 def torch_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
@@ -206,11 +197,6 @@ def real_export(name: str, exporter: str, opset: int) -> onnx.ModelProto:
     return cached_export([source, *versions, name, exporter, str(opset)],
                          lambda: torch_models.export(real_models.build(name), exporter.startswith("dynamo"), opset,
                                                      real_models.input_shape(name), not exporter.endswith("-b1")))
-
-
-def _versions(*packages: str) -> list[str]:
-    """Installed package versions, read without importing the packages (tensorflow takes seconds)."""
-    return [importlib.metadata.version(p) for p in packages]
 
 
 def keras_export(name: str, opset: int) -> onnx.ModelProto:
