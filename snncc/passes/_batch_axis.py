@@ -442,6 +442,11 @@ def reshape(site: Site) -> int:
     if any(isinstance(t, Unknown) for t in entries):
         raise NotExact("its target shape is not known")
     if any(d is None for i, d in enumerate(dims) if i != axis):
+        if axis == 0 and entries and isinstance(entries[0], BatchDim):
+            # the batch read from a shape leads the target, as it leads the input: whatever the other
+            # sizes, each output row is one input row (the element count is kept)
+            site.batch_entry = 0
+            return 0
         raise NotExact("its input has dimensions of unknown size")
     prefix = int(np.prod(dims[:axis], dtype=np.int64))
     suffix = int(np.prod(dims[axis + 1:], dtype=np.int64))
