@@ -41,15 +41,10 @@ class Compiled:
 
     def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the model to `path` atomically; an existing file only with overwrite=True."""
-        from snncc.modelio import save_model
+        from snncc.modelio import check_output_file, save_model
 
         path = Path(path)
-        if not path.parent.is_dir():
-            raise SnnccError(f"{path}: the folder {path.parent} does not exist")
-        if path.is_dir():
-            raise SnnccError(f"{path}: is a folder, not a file")
-        if path.exists() and not overwrite:
-            raise SnnccError(f"{path}: already exists (pass overwrite=True to replace it)")
+        check_output_file(path, overwrite, "pass overwrite=True to replace it")
         save_model(self.model, path)
         return path
 

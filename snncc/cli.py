@@ -36,17 +36,6 @@ def _user_errors(command):
     return wrapper
 
 
-def _refuse_overwrite(paths: list[Path], force: bool) -> None:
-    """SnnccError unless every output path can be written: folder exists, no file in the way (or --force)."""
-    for path in paths:
-        if not path.parent.is_dir():
-            raise SnnccError(f"{path}: the output folder {path.parent} does not exist")
-        if path.is_dir():
-            raise SnnccError(f"{path}: is a folder, not a file")
-        if path.exists() and not force:
-            raise SnnccError(f"{path}: already exists (use --force to overwrite)")
-
-
 def _load_calibration(model, model_path: Path, calib_spec: str | None, calib_samples: int | None,
                       preprocess: str | None):
     """--calib data, validated against the model and checked on the ANN (one summary line); or None."""
@@ -235,13 +224,14 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
     """Accuracy, agreement with the ANN, firing rates, SOPs and energy of a compiled SNN."""
     from snncc.data import load_spec
     from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels, lossless_residue
-    from snncc.modelio import load_model
+    from snncc.modelio import check_output_file, load_model
     from snncc.report import write_atomic
 
     snn = load_model(model_path)
     x, y = load_spec(data_spec)
     y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
-    _refuse_overwrite([json_path] if json_path is not None else [], force)
+    if json_path is not None:
+        check_output_file(json_path, force)
     evaluation = SnnEvaluation(snn, str(model_path), x, data_spec)
     ann = load_model(ann_path) if ann_path is not None else None
     reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
@@ -279,7 +269,7 @@ def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec
     """Compile ANN.onnx at several T (with and without calibration) and evaluate each SNN."""
     from snncc.data import load_spec
     from snncc.evaluate import check_labels, load_labels
-    from snncc.modelio import load_model
+    from snncc.modelio import check_output_file, load_model
     from snncc.sweep import (have_matplotlib, model_info, output_paths, parse_steps, planned_runs, run_sweep,
                              select_variants, write_outputs)
 
@@ -289,7 +279,8 @@ def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec
     if plot and not have_matplotlib():
         click.echo("note: matplotlib is not installed (pip install 'snncc[plot]'): no plot", err=True)
         plot = False
-    _refuse_overwrite(output_paths(prefix, plot), force)
+    for path in output_paths(prefix, plot):
+        check_output_file(path, force)
     variants = [v.strip() for v in variants_text.split(",") if v.strip()] if variants_text else None
     info = model_info(model, str(model_path))
     chosen = select_variants(info, variants, calib_spec is not None, serial_if)  # fail before any work
@@ -305,7 +296,7 @@ def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec
 
     onnxruntime.set_default_logger_severity(3)  # calibration sessions warn about every unused initializer
     result = run_sweep(model, str(model_path), steps, x, y, data_spec, calibration, variants, batch_size, fold_time,
-                       echo=lambda line: click.echo(line, err=True), serial_if=serial_if)
+                       echo=lambda line: click.echo(line, err=True), serial_if=serial_if, info=info)
     click.echo(result.format_table())
     for path in write_outputs(result, prefix, plot):
         click.echo(f"wrote {path}")

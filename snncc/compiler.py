@@ -223,13 +223,15 @@ def _case_of(node: onnx.NodeProto) -> str:
     return next((p.value for p in node.metadata_props if p.key == CASE_KEY), "unknown")
 
 
-def _neuron_parameters(proto: onnx.ModelProto, inits: dict[str, onnx.TensorProto], node: onnx.NodeProto) -> list[np.ndarray]:
-    """θ_pre, θ_post, ψ of a ParallelSpike node, or of a folded SpikeCount node and its rate Mul."""
+def _neuron_parameters(inits: dict[str, onnx.TensorProto], rate_muls: dict[str, onnx.NodeProto],
+                       node: onnx.NodeProto) -> list[np.ndarray]:
+    """θ_pre, θ_post, ψ of a ParallelSpike node, or of a folded SpikeCount node and its rate Mul
+    (`rate_muls`: the first Mul reading each value)."""
     array = lambda name: onnx.numpy_helper.to_array(inits[name]).reshape(-1)  # noqa: E731
     if node.op_type != ops.SPIKE_COUNT:
         return [array(name) for name in node.input[1:4]]
     steps = next(a.i for a in node.attribute if a.name == "T")
-    rate = next(n for n in proto.graph.node if n.op_type == "Mul" and n.input[0] == node.output[0])
+    rate = rate_muls[node.output[0]]
     return [array(node.input[1]), array(rate.input[1]) * np.float32(steps), array(node.input[2])]
 
 
@@ -237,11 +239,15 @@ def summarize_layers(proto: onnx.ModelProto) -> list[LayerSummary]:
     """The neuron layers of a compiled SNN, read back from the graph."""
     layers = []
     inits = {t.name: t for t in proto.graph.initializer}
+    rate_muls: dict[str, onnx.NodeProto] = {}
+    for node in proto.graph.node:
+        if node.op_type == "Mul":
+            rate_muls.setdefault(node.input[0], node)
     for node in proto.graph.node:
         if not ops.is_neuron(node):
             continue
         meta = {p.key: p.value for p in node.metadata_props}
-        theta_pre, theta_post, psi = _neuron_parameters(proto, inits, node)
+        theta_pre, theta_post, psi = _neuron_parameters(inits, rate_muls, node)
         layers.append(LayerSummary(
             name=node.name, source=meta.get("snncc.source", ""), case=_case_of(node),
             channels=int(theta_pre.size),

@@ -183,16 +183,24 @@ def default_output(path: str | os.PathLike) -> Path:
     return path.with_name(f"{stem}.snn.onnx")
 
 
+def check_output_file(path: Path, overwrite: bool, overwrite_hint: str = "use --force to overwrite") -> None:
+    """SnnccError unless `path` can become a file: its folder exists, no folder is in the way, and
+    no file is (unless `overwrite`; the error names `overwrite_hint`)."""
+    if not path.parent.is_dir():
+        raise SnnccError(f"{path}: the output folder {path.parent} does not exist")
+    if path.is_dir():
+        raise SnnccError(f"{path}: is a folder, not a file")
+    if path.exists() and not overwrite:
+        raise SnnccError(f"{path}: already exists ({overwrite_hint})")
+
+
 def check_output_path(output: Path, source: Path, force: bool) -> None:
     """Refuse outputs that would clobber the input, land in a missing folder, or overwrite silently."""
     if output.resolve() == source.resolve():
         raise SnnccError(f"{output}: the output path equals the input model; choose another with -o")
-    if not output.parent.is_dir():
-        raise SnnccError(f"{output}: the output folder {output.parent} does not exist")
     if output.is_dir():
         raise SnnccError(f"{output}: is a folder; name the output file with -o")
-    if output.exists() and not force:
-        raise SnnccError(f"{output}: already exists (use --force to overwrite)")
+    check_output_file(output, force)
     try:  # find an unwritable folder now, not after the compilation
         os.rmdir(tempfile.mkdtemp(prefix=f".{output.name}.", suffix=".tmp", dir=output.parent))
     except OSError as error:

@@ -279,14 +279,16 @@ def planned_runs(info: ModelInfo, variants: list[Variant], steps: list[int], has
 
 def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarray, y: np.ndarray | None,
               data: str, calibration=None, variant_keys: list[str] | None = None, batch_size: int | None = None,
-              fold_time: bool = True, echo: Callable[[str], None] = print, serial_if: bool = False) -> SweepResult:
+              fold_time: bool = True, echo: Callable[[str], None] = print, serial_if: bool = False,
+              info: ModelInfo | None = None) -> SweepResult:
     """Compile and evaluate every applicable (T, variant); `calibration` is a CalibrationData or None.
-    `echo` gets one line per finished run: 'run k of N', the result, the time taken and the ETA."""
+    `echo` gets one line per finished run: 'run k of N', the result, the time taken and the ETA.
+    `info`: `model_info(model, source)` when the caller has it already."""
     from snncc.compiler import CompileOptions, compile_model
     from snncc.evaluate import SnnEvaluation, evaluate_ann
     from snncc.progress import ProgressLog
 
-    info = model_info(model, source)
+    info = info or model_info(model, source)
     variants = select_variants(info, variant_keys, calibration is not None, serial_if)
     runs = planned_runs(info, variants, steps, calibration is not None)
     reference = evaluate_ann(model, x, y, source, batch_size)
@@ -328,12 +330,13 @@ def write_outputs(result: SweepResult, prefix: Path, plot: bool = True) -> list[
     """The files of `output_paths`; returns the paths written."""
     from snncc.report import write_atomic
 
-    csv_path, json_path, *png = output_paths(prefix, plot)
+    paths = output_paths(prefix, plot)
+    csv_path, json_path, *png = paths
     write_atomic(csv_path, result.to_csv())
     write_atomic(json_path, json.dumps(result.to_json(), indent=2) + "\n")
     for path in png:
         result.plot(path)
-    return output_paths(prefix, plot)
+    return paths
 
 
 def have_matplotlib() -> bool:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from snncc.passes._graph import NameGenerator, add_initializer
+from snncc.passes._graph import replace_with_initializer
 
 # Conv rows (output positions) summed into the normal equations over the whole calibration set.
 MAX_CONV_ROWS = 65_536
@@ -104,7 +104,6 @@ class AffineLayer:
 
     def write(self, graph: ir.Graph, solution: np.ndarray) -> None:
         """Store a [G, K(+1), Cout_g] solution as new weight (and bias) initializers of the node."""
-        names = NameGenerator(graph)
         weights = solution[:, :self.weights.shape[1]]
         old = self.node.inputs[1].const_value.numpy()
         if self.node.op_type == "Conv":
@@ -114,7 +113,7 @@ class AffineLayer:
             array = w.T if self.attrs.get("transB", 0) else w
         else:
             array = weights[0]
-        self.node.replace_input_with(1, add_initializer(graph, names, f"{self.node.inputs[1].name}.refit", array.astype(old.dtype)))
+        replace_with_initializer(graph, self.node, 1, array, "refit")
         if self.has_bias:
             self.set_bias(graph, solution[:, -1].reshape(-1))
 
@@ -126,8 +125,7 @@ class AffineLayer:
             array = array.reshape((1, -1) if old.ndim == 2 else (-1,))
         else:
             array = array.reshape(old.shape)
-        value = add_initializer(graph, NameGenerator(graph), f"{self.node.inputs[2].name}.corrected", array.astype(old.dtype))
-        self.node.replace_input_with(2, value)
+        replace_with_initializer(graph, self.node, 2, array, "corrected")
         self.bias = (bias.reshape(self.groups, 1, -1)).astype(np.float64)
 
 

@@ -55,7 +55,7 @@ class _Passes:
         self.passes = 0
 
     def run(self, quantised: list[str], reference: list[str], label: str, samples: int | None = None):
-        from snncc.evaluate import progress
+        from snncc.progress import progress
         from snncc.session import make_session
 
         q_session = make_session(prefix_model(self.model, da_qcfs_activation(self.steps), quantised), native=False)

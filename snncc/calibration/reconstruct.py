@@ -33,7 +33,8 @@ import onnx_ir as ir
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.layer_graph import affine_producer, read_out_layers, synaptic_inputs
 from snncc.errors import SnnccError
-from snncc.passes._graph import NameGenerator, add_initializer
+from snncc.passes._graph import attr as _attr
+from snncc.passes._graph import replace_with_initializer
 from snncc.passes._activation import CLIP, QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
 
 MISSING_TORCH = "reconstruction needs torch: pip install 'snncc[reconstruct]'"
@@ -55,11 +56,6 @@ def import_torch():
     except ImportError:
         raise SnnccError(MISSING_TORCH) from None
     return torch
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
 
 
 class _Interpreter:
@@ -329,13 +325,8 @@ def _write(graph: ir.Graph, neuron: ir.Node, trainable: dict, layers: list, over
     for layer in layers:
         weight = overrides.get(layer.inputs[1])
         if weight is not None:
-            _replace_initializer(graph, layer, 1, weight.numpy())
+            replace_with_initializer(graph, layer, 1, weight.numpy().reshape(layer.inputs[1].shape), "reconstructed")
         bias = overrides.get(layer.inputs[2]) if len(layer.inputs) > 2 else None
         if bias is not None:
-            _replace_initializer(graph, layer, 2, bias.numpy())
+            replace_with_initializer(graph, layer, 2, bias.numpy().reshape(layer.inputs[2].shape), "reconstructed")
 
-
-def _replace_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray) -> None:
-    old = node.inputs[index]
-    node.replace_input_with(index, add_initializer(graph, NameGenerator(graph), f"{old.name}.reconstructed",
-                                                   array.astype(old.const_value.numpy().dtype).reshape(old.shape)))

@@ -64,6 +64,12 @@ def fresh_name(base: str, used: set[str]) -> str:
     raise AssertionError("unreachable")
 
 
+def attr(node: ir.Node, name: str, default=None):
+    """The value of the node's attribute `name`, or `default` when it is absent."""
+    attribute = node.attributes.get(name)
+    return default if attribute is None else attribute.value
+
+
 def add_initializer(graph: ir.Graph, names: NameGenerator, base: str, array: np.ndarray) -> ir.Value:
     """A new initializer holding `array`."""
     name = names(base)
@@ -110,3 +116,11 @@ def infer_shapes(model: ir.Model) -> None:
                 value.shape = shape
             if found.tensor_type.elem_type:
                 value.dtype = ir.DataType(found.tensor_type.elem_type)
+
+
+def replace_with_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:
+    """Point input `index` of `node` at a new initializer holding `array` in the old one's dtype, named
+    after it with `suffix` (an initializer that other nodes read stays as it was for them)."""
+    old = node.inputs[index]
+    node.replace_input_with(index, add_initializer(graph, NameGenerator(graph), f"{old.name}.{suffix}",
+                                                   array.astype(old.const_value.numpy().dtype)))

@@ -22,17 +22,13 @@ from snncc.passes._activation import is_activation
 from snncc.passes._batch_axis import linearity_problem, rule_of
 from snncc.passes._shape_contents import read_from_spikes
 from snncc.passes._dataflow import Dataflow, Region, analyse
+from snncc.passes._graph import attr as _attr
 from snncc.passes._graph import const_array, rank_of, source_of
 from snncc.passes.match_qdq import signed_pair_problem
 
 _MAXPOOLS = ("MaxPool", "GlobalMaxPool")
 # Elementwise ops whose coefficients may come from the analog input (tiled over the T steps).
 _ANALOG_COEFFICIENTS = ("Mul", "Div", "Where")
-
-
-def _attr(node: ir.Node, name: str, default=None):
-    attr = node.attributes.get(name)
-    return default if attr is None else attr.value
 
 
 def _coefficient_problem(node: ir.Node, flow: Dataflow) -> str | None:

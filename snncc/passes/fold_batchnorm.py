@@ -15,6 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from snncc.passes._graph import NameGenerator, add_initializer, const_array
+from snncc.passes._graph import attr as _attr
 
 
 def _output_axis(node: ir.Node) -> int | None:
@@ -26,11 +27,6 @@ def _output_axis(node: ir.Node) -> int | None:
     if node.op_type == "Gemm":
         return 0 if _attr(node, "transB", 0) else 1
     return None
-
-
-def _attr(node: ir.Node, name: str, default):
-    attribute = node.attributes.get(name)
-    return default if attribute is None else attribute.value
 
 
 def _scaled_weights(node: ir.Node, weights: np.ndarray, scale: np.ndarray) -> np.ndarray:

@@ -196,7 +196,7 @@ class MatchQdqPass(ir.passes.InPlacePass):
                 counts["activations"] += 1
             else:
                 left.append(pair)
-        flow = analyse(graph)
+        flow = analyse(graph) if left else None
         between = [p for p in left if flow.is_between_neurons(p.quantize)]
         if self.drop_signed:
             for pair in between:
