@@ -38,7 +38,7 @@ import onnx
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.pipeline import RECORDING_BATCH, CalibrationOptions
-from snncc.calibration.reference_means import ReferenceMeans, record_reference_means
+from snncc.calibration.reference_means import record_reference_means
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.compiler import CompileOptions, analyse_activations, compile_model, to_ir
 from snncc.data import load
@@ -222,16 +222,15 @@ def main() -> None:
     rows = {}
     rows["ANN inference"], _ = timed(lambda: predict(session, x, args.batch_size, label="ANN inference"))
     analysed = analyse_activations(to_ir(ann))
-    rows["threshold recording (max)"], recorded = timed(
+    rows["threshold recording (max)"], (recorded, _) = timed(
         lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH))
-    reference = ReferenceMeans(analysed, len(x), args.batch_size)
-    rows["threshold recording (max) + reference means"], _ = timed(
-        lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH, means=reference))
+    rows["threshold recording (max) + reference means"], (_, reference) = timed(
+        lambda: record_thresholds(analysed, data, ThresholdMode.parse("max"), RECORDING_BATCH, means_batch=args.batch_size))
     rows["threshold recording (p99.9)"], _ = timed(
         lambda: record_thresholds(analysed, data, ThresholdMode.parse("p99.9"), RECORDING_BATCH))
     thetas = reference_thresholds(analysed, recorded)
     rows["reference means alone (non-max thresholds)"], _ = timed(lambda: record_reference_means(
-        analysed, thetas, data, ReferenceMeans(analysed, len(x), args.batch_size), RECORDING_BATCH))
+        analysed, thetas, data, args.batch_size, RECORDING_BATCH))
     rows[f"DA-QCFS calibration (T={args.steps})"], _ = timed(
         lambda: calibrate(analysed, data, thetas, args.steps, reference, 0.99))
     options = CompileOptions(steps=args.steps, calibration_data=data, calibration=CalibrationOptions(batch_size=args.batch_size))

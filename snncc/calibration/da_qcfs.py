@@ -27,6 +27,7 @@ import onnx_ir as ir
 from snncc.ann_graph import ActivationBuilder, copy_model, replace_activations, to_runnable_proto
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.reference_means import ReferenceMeans
+from snncc.calibration.statistics import Executor, LocalExecutor
 from snncc.evaluate import progress
 from snncc.passes._activation import QCFS, is_activation, read_activation
 
@@ -34,6 +35,8 @@ REF_Z = "ref_z::"
 REF_R = "ref_r::"
 STATE_IN = "state::"
 STATE_OUT = "state_out::"
+MEAN_Z = "mean_z_act::"
+MEAN_R = "mean_r_act::"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,10 +82,12 @@ def _da_qcfs_per_channel(b: ActivationBuilder, theta: np.ndarray, active: np.nda
 
 def calibration_graph(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: int, momentum: float) -> tuple[onnx.ModelProto, list[str]]:
     """The actual path with DA-QCFS activations: inputs x, ψ/φ state and the reference means;
-    outputs the updated state."""
+    outputs the updated state (the names returned) and, per activation, the batch's channel means
+    of z_act and r_act (MEAN_Z, MEAN_R) that the update read."""
     model = copy_model(analysed)
     graph = model.graph
     state_outputs: list[ir.Value] = []
+    mean_outputs: list[ir.Value] = []
     keep = np.float32(momentum)
 
     def emit(node: ir.Node, b: ActivationBuilder) -> ir.Value:
@@ -93,18 +98,20 @@ def calibration_graph(analysed: ir.Model, thetas: dict[str, np.ndarray], steps: 
                                   for prefix in (STATE_IN + "psi::", STATE_IN + "phi::", REF_Z, REF_R))
         state_shape = b.initializer(np.array(state_dims, np.int64))
         t = b.tape
-        psi_new = t.Add(t.Mul(psi, b.const(keep, False)),
-                        t.Mul(t.Sub(z_ref, _channel_mean(b, b.x, state_shape)), b.const(1 - keep, False)))
+        z_mean = _channel_mean(b, b.x, state_shape)
+        psi_new = t.Add(t.Mul(psi, b.const(keep, False)), t.Mul(t.Sub(z_ref, z_mean), b.const(1 - keep, False)))
         r_act = _da_qcfs_per_channel(b, np.where(active, theta, 1).astype(np.float32), active, phi, psi_new, steps)
-        phi_new = t.Add(t.Mul(phi, b.const(keep, False)),
-                        t.Mul(t.Sub(r_ref, _channel_mean(b, r_act, state_shape)), b.const(1 - keep, False)))
+        r_mean = _channel_mean(b, r_act, state_shape)
+        phi_new = t.Add(t.Mul(phi, b.const(keep, False)), t.Mul(t.Sub(r_ref, r_mean), b.const(1 - keep, False)))
         psi_new.name, phi_new.name = f"{STATE_OUT}psi::{node.name}", f"{STATE_OUT}phi::{node.name}"
+        z_mean.name, r_mean.name = f"{MEAN_Z}{node.name}", f"{MEAN_R}{node.name}"
         state_outputs.extend([psi_new, phi_new])
+        mean_outputs.extend([z_mean, r_mean])
         return r_act
 
     replace_activations(model, emit)
     graph.outputs.clear()
-    graph.outputs.extend(state_outputs)
+    graph.outputs.extend(state_outputs + mean_outputs)
     return to_runnable_proto(model), [v.name for v in state_outputs]
 
 
@@ -115,24 +122,36 @@ def _input(graph: ir.Graph, name: str, dims: list[int]) -> ir.Value:
 
 
 def calibrate(analysed: ir.Model, data: CalibrationData, thetas: dict[str, np.ndarray], steps: int,
-              reference: ReferenceMeans, momentum: float = 0.99) -> dict[str, LayerCalibration]:
+              reference: ReferenceMeans, momentum: float = 0.99, rounds: int | None = None,
+              executor: Executor | None = None) -> dict[str, LayerCalibration]:
     """Run Algorithm 1 over the data once, in the batches of `reference`; returns φ, ψ per
-    activation node name."""
+    activation node name. With `rounds` W, in synchronous rounds instead (`_calibrate_in_rounds`)."""
     from snncc.session import make_session
 
     proto, state_names = calibration_graph(analysed, thetas, steps, momentum)
+    if rounds is not None:
+        state = _calibrate_in_rounds(proto, thetas, data, reference, momentum, rounds, executor or LocalExecutor(), steps)
+        return _layers(thetas, state)
     session = make_session(proto, native=False)
     inputs = {i.name: [d for d in i.shape] for i in session.get_inputs()}
     x_name = next(name for name in inputs if not name.startswith((STATE_IN, REF_Z, REF_R)))
     state = {name: np.zeros(shape, np.float32) for name, shape in inputs.items() if name.startswith(STATE_IN)}
     batches = data.batches(reference.batch_size)
     for k, batch in enumerate(progress(list(batches), f"DA-QCFS calibration at T={steps}")):
-        means = {}
-        for name, (z_ref, r_ref) in reference.batch(k).items():
-            means[REF_Z + name] = z_ref.reshape(inputs[REF_Z + name])
-            means[REF_R + name] = r_ref.reshape(inputs[REF_R + name])
-        outputs = session.run(state_names, {x_name: batch, **state, **means})
+        outputs = session.run(state_names, {x_name: batch, **state, **_reference_feeds(reference, k, inputs)})
         state = {name.replace(STATE_OUT, STATE_IN, 1): value for name, value in zip(state_names, outputs)}
+    return _layers(thetas, state)
+
+
+def _reference_feeds(reference: ReferenceMeans, k: int, inputs: dict[str, list]) -> dict[str, np.ndarray]:
+    means = {}
+    for name, (z_ref, r_ref) in reference.batch(k).items():
+        means[REF_Z + name] = z_ref.reshape(inputs[REF_Z + name])
+        means[REF_R + name] = r_ref.reshape(inputs[REF_R + name])
+    return means
+
+
+def _layers(thetas: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> dict[str, LayerCalibration]:
     result = {}
     for name, theta in thetas.items():
         active = theta > 0
@@ -140,3 +159,30 @@ def calibrate(analysed: ir.Model, data: CalibrationData, thetas: dict[str, np.nd
         phi = state[f"{STATE_IN}phi::{name}"].reshape(-1)
         result[name] = LayerCalibration(phi=np.where(active, phi, 0).astype(np.float32), psi=np.where(active, psi, 0).astype(np.float32))
     return result
+
+
+def _calibrate_in_rounds(proto: onnx.ModelProto, thetas: dict[str, np.ndarray], data: CalibrationData,
+                         reference: ReferenceMeans, momentum: float, width: int, executor: Executor,
+                         steps: int) -> dict[str, np.ndarray]:
+    """Algorithm 1 in synchronous rounds of `width` batches (an approximation, docs/calibration.md):
+    every batch of a round runs under the ψ/φ the round starts with and returns its channel means
+    of z_act and r_act; the driver then applies the momentum updates of the round's batches in batch
+    order. With width 1 this is the sequential algorithm (up to float rounding of the update)."""
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input}
+    x_name = next(name for name in inputs if not name.startswith((STATE_IN, REF_Z, REF_R)))
+    state = {name: np.zeros(shape, np.float32) for name, shape in inputs.items() if name.startswith(STATE_IN)}
+    mean_names = [name for name in thetas for name in (MEAN_Z + name, MEAN_R + name)]
+    keep = np.float32(momentum)
+    batches = list(data.batches(reference.batch_size))
+    for first in progress(list(range(0, len(batches), width)), f"DA-QCFS calibration at T={steps} in rounds of {width}"):
+        feeds = [{x_name: batches[k], **state, **_reference_feeds(reference, k, inputs)}
+                 for k in range(first, min(first + width, len(batches)))]
+        for k, means in zip(range(first, first + width), executor.run_each(proto, mean_names, feeds)):
+            ref = reference.batch(k)
+            for i, name in enumerate(thetas):
+                (z_ref, r_ref), z_act, r_act = ref[name], means[2 * i], means[2 * i + 1]
+                psi, phi = STATE_IN + "psi::" + name, STATE_IN + "phi::" + name
+                state[psi] = state[psi] * keep + (z_ref.reshape(z_act.shape) - z_act) * (1 - keep)
+                state[phi] = state[phi] * keep + (r_ref.reshape(r_act.shape) - r_act) * (1 - keep)
+    return state
+

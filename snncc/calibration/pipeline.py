@@ -23,7 +23,8 @@ import onnx_ir as ir
 from snncc.calibration.da_qcfs import calibrate, reference_thresholds
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.layerwise import calibrate_layerwise
-from snncc.calibration.reference_means import ReferenceMeans, record_reference_means
+from snncc.calibration.reference_means import record_reference_means
+from snncc.calibration.statistics import Executor
 from snncc.calibration.thresholds import ThresholdMode, record_thresholds
 from snncc.passes._activation import QCFS, NeuronParameters, get_parameters, is_activation, read_activation, set_parameters
 
@@ -56,6 +57,8 @@ class CalibrationOptions:
     batch_size: int = 32
     mode: str = "paper"  # one of MODES; 'paper' with da_qcfs None: DA-QCFS for ReLU/Clip models only
     keep_head: bool = False  # layer-wise modes: leave the read-out layer untouched
+    rounds: int | None = None  # DA-QCFS in synchronous rounds of this many batches (an approximation)
+    executor: Executor | None = None  # where recording passes run (None: this process; or on Ray)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -85,16 +88,16 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
         return _calibrate_layerwise(model, data, steps, options, mode, targets)
     forced = options.da_qcfs if options.da_qcfs is not None else (None if options.mode == "paper" else True)
     run_da_qcfs = (forced if forced is not None else uses_relu) and mode == "paper" and bool(targets)
-    reference = ReferenceMeans(model, len(data.x), options.batch_size) if run_da_qcfs else None
-    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, reference)
+    recorded, reference = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps,
+                                            options.batch_size if run_da_qcfs else None, options.executor)
     for node in activations:
         if node.name in recorded:
             set_parameters(node, _silent_safe(recorded[node.name]))
     if run_da_qcfs:
         thetas = reference_thresholds(model, recorded)
-        if not reference.complete:  # thresholds other than the maximum, or none recorded
-            record_reference_means(model, thetas, data, reference, RECORDING_BATCH)
-        layers = calibrate(model, data, thetas, steps, reference, options.momentum)
+        if reference is None:  # thresholds other than the maximum, or none recorded
+            reference = record_reference_means(model, thetas, data, options.batch_size, RECORDING_BATCH, options.executor)
+        layers = calibrate(model, data, thetas, steps, reference, options.momentum, options.rounds, options.executor)
         for node in targets:
             theta, layer = thetas[node.name], layers[node.name]
             active = theta > 0
@@ -110,7 +113,7 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
 def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions,
                          mode: str, targets: list[ir.Node]) -> dict:
     """Record the ANN's thresholds (the upper end of the θ search), then fit layer by layer."""
-    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps)
+    recorded, _ = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, executor=options.executor)
     for node in model.graph:
         if node.name in recorded:  # the start: thresholds only
             set_parameters(node, _silent_safe(recorded[node.name]))
