@@ -132,7 +132,7 @@ def calibrate(analysed: ir.Model, data: CalibrationData, thetas: dict[str, np.nd
     if rounds is not None:
         state = _calibrate_in_rounds(proto, thetas, data, reference, momentum, rounds, executor or LocalExecutor(), steps)
         return _layers(thetas, state)
-    session = make_session(proto, native=False)
+    session = make_session(proto, native=False, spinning=False)
     inputs = {i.name: [d for d in i.shape] for i in session.get_inputs()}
     x_name = next(name for name in inputs if not name.startswith((STATE_IN, REF_Z, REF_R)))
     state = {name: np.zeros(shape, np.float32) for name, shape in inputs.items() if name.startswith(STATE_IN)}

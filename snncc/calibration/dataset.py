@@ -71,7 +71,7 @@ class CalibrationData:
         from snncc.progress import progress
         from snncc.session import make_session
 
-        session = make_session(proto, native=False)
+        session = make_session(proto, native=False, spinning=False)
         input_name = session.get_inputs()[0].name
         for batch in progress(list(self.batches(batch_size)), label):
             yield session.run(names, {input_name: batch})

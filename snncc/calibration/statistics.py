@@ -112,7 +112,7 @@ class LocalExecutor:
         from snncc.session import make_session
 
         if self._model is not model:
-            self._model, self._session = model, make_session(model, native=False)
+            self._model, self._session = model, make_session(model, native=False, spinning=False)
         return self._session
 
     def run_each(self, model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> list[list[np.ndarray]]:
