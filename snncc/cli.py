@@ -55,6 +55,22 @@ def _load_calibration(model, model_path: Path, calib_spec: str | None, calib_sam
     return data
 
 
+def ray_options(command):
+    """The scale-out options (snncc.ray_runtime.RayOptions.from_cli reads them): --ray [ADDRESS],
+    --ray-actors N, --ray-gpus-per-actor G. The command gets ray_address, ray_actors, ray_gpus_per_actor."""
+    options = [
+        click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+                     help="Run on Ray (pip install 'snncc[ray]'): alone, $RAY_ADDRESS or a private local "
+                          "instance; with ADDRESS (host:port), that cluster. Put it after the model path."),
+        click.option("--ray-actors", type=click.IntRange(min=1), help="With --ray: actors (default: one per CPU)."),
+        click.option("--ray-gpus-per-actor", type=click.FloatRange(min=0),
+                     help="With --ray: GPUs per actor (> 0: the CUDA provider; default 0)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 FOLD_HINT_STEPS = 16  # from this T on, compile suggests --fold-time
 
 
