@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import sys
@@ -71,6 +72,24 @@ def ray_options(command):
     return command
 
 
+def _calibration_executor(ray):
+    """Where calibration passes run: Ray actors with `--ray` (a context that connects), else here (None)."""
+    if ray is None:
+        return contextlib.nullcontext()
+    from snncc.calibration.ray_calibration import ray_executor
+
+    return ray_executor(ray)
+
+
+def _sweep_cells(ray, here):
+    """Where sweep cells run: on Ray actors with `--ray` (a context that connects), else `here`."""
+    if ray is None:
+        return contextlib.nullcontext(here)
+    from snncc.ray_sweep import ray_cells
+
+    return ray_cells(ray)
+
+
 FOLD_HINT_STEPS = 16  # from this T on, compile suggests --fold-time
 
 
@@ -130,6 +149,8 @@ def _print_qdq_summary(model) -> None:
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Calibration batch size; each batch is one DA-QCFS momentum update.")
+@click.option("--calib-rounds", type=click.IntRange(min=1), metavar="W",
+              help="DA-QCFS in synchronous rounds of W batches, one per worker (an approximation: docs/calibration.md).")
 @click.option("--neuron", type=click.Choice(["parallel", "if"]), default="parallel", show_default=True,
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
@@ -141,23 +162,32 @@ def _print_qdq_summary(model) -> None:
               help="QDQ models: drop Q/DQ pairs on signed ranges between neurons (the SNN then approximates the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--print-runtime", is_flag=True, help="Say which implementation of the snn ops will run.")
+@ray_options
 @_user_errors
 def compile_command(model_path: Path, steps: int, output: Path | None, levels: int | None, calib_spec: str | None,
                     calib_samples: int | None, preprocess: str | None, threshold: str, calibrate: str, no_calibrate: bool,
-                    keep_head: bool, momentum: float, batch_size: int, neuron: str, fold_time: bool, emit_spikes: tuple[str, ...],
-                    reconstruct_iterations: int | None, reconstruct_weights: bool, drop_signed_qdq: bool, force: bool,
-                    print_runtime: bool):
+                    keep_head: bool, momentum: float, batch_size: int, calib_rounds: int | None, neuron: str, fold_time: bool,
+                    emit_spikes: tuple[str, ...], reconstruct_iterations: int | None, reconstruct_weights: bool,
+                    drop_signed_qdq: bool, force: bool, print_runtime: bool, ray_address: str | None,
+                    ray_actors: int | None, ray_gpus_per_actor: float | None):
     """Compile IN.onnx into a spiking model with T time-steps."""
     from snncc.calibration.pipeline import CalibrationOptions
     from snncc.calibration.thresholds import ThresholdMode
     from snncc.compiler import CompileOptions, compile_model
     from snncc.modelio import check_output_path, default_output, load_model, save_model
+    from snncc.ray_runtime import RayOptions
     from snncc.report import layer_table
 
     output = output or default_output(model_path)
     mode = "thresholds" if no_calibrate else calibrate
     calibration = CalibrationOptions(ThresholdMode.parse(threshold), {"paper": True, "thresholds": False}.get(mode),
-                                     momentum, batch_size, mode=mode, keep_head=keep_head)
+                                     momentum, batch_size, mode=mode, keep_head=keep_head, rounds=calib_rounds)
+    ray = RayOptions.from_cli(ray_address, ray_actors, ray_gpus_per_actor)
+    if (ray is not None or calib_rounds is not None) and calib_spec is None:
+        raise SnnccError(f"{'--ray' if ray is not None else '--calib-rounds'} applies to calibration, and no --calib was given")
+    if calib_rounds is not None and calibration.resolved_mode(steps) != "paper":
+        raise SnnccError(f"--calib-rounds applies to DA-QCFS calibration (--calibrate paper); at T={steps} the mode is "
+                         f"'{calibration.resolved_mode(steps)}'")
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
                              neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
                              drop_signed_qdq=drop_signed_qdq)
@@ -170,7 +200,10 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     data = _load_calibration(model, model_path, calib_spec, calib_samples, preprocess)
     if data is not None:
         options = dataclasses.replace(options, calibration_data=data)
-    result = compile_model(model, options)
+    with _calibration_executor(ray) as executor:
+        if executor is not None:
+            options = dataclasses.replace(options, calibration=dataclasses.replace(calibration, executor=executor))
+        result = compile_model(model, options)
     click.echo(layer_table(result.layers))
     save_model(result.model, output)
     click.echo(f"wrote {output}: T={steps}, {len(result.layers)} neuron layers")
@@ -278,18 +311,22 @@ def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_
 @click.option("--plot/--no-plot", default=True, show_default=True, help="Write PREFIX.png (needs matplotlib: snncc[plot]).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
 @click.option("--force", is_flag=True, help="Overwrite existing PREFIX.csv / .json / .png files.")
+@ray_options
 @_user_errors
 def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec: str | None, calib_spec: str | None,
                   calib_samples: int | None, preprocess: str | None, variants_text: str | None, prefix: Path | None,
-                  fold_time: bool, serial_if: bool, plot: bool, batch_size: int, force: bool):
+                  fold_time: bool, serial_if: bool, plot: bool, batch_size: int, force: bool, ray_address: str | None,
+                  ray_actors: int | None, ray_gpus_per_actor: float | None):
     """Compile ANN.onnx at several T (with and without calibration) and evaluate each SNN."""
     from snncc.data import load_spec
     from snncc.evaluate import check_labels, load_labels
     from snncc.modelio import check_output_file, load_model
-    from snncc.sweep import (have_matplotlib, model_info, output_paths, parse_steps, planned_runs, run_sweep,
-                             select_variants, write_outputs)
+    from snncc.ray_runtime import RayOptions
+    from snncc.sweep import (have_matplotlib, model_info, output_paths, parse_steps, planned_runs, run_cells_here,
+                             run_sweep, select_variants, write_outputs)
 
     steps = parse_steps(steps_text)
+    ray = RayOptions.from_cli(ray_address, ray_actors, ray_gpus_per_actor)
     model = load_model(model_path)
     prefix = prefix or Path(f"{model_path.name.removesuffix('.onnx')}.sweep")
     if plot and not have_matplotlib():
@@ -311,8 +348,10 @@ def sweep_command(model_path: Path, steps_text: str, data_spec: str, labels_spec
     import onnxruntime
 
     onnxruntime.set_default_logger_severity(3)  # calibration sessions warn about every unused initializer
-    result = run_sweep(model, str(model_path), steps, x, y, data_spec, calibration, variants, batch_size, fold_time,
-                       echo=lambda line: click.echo(line, err=True), serial_if=serial_if, info=info)
+    with _sweep_cells(ray, run_cells_here) as run_cells:
+        result = run_sweep(model, str(model_path), steps, x, y, data_spec, calibration, variants, batch_size, fold_time,
+                           echo=lambda line: click.echo(line, err=True), serial_if=serial_if, info=info,
+                           run_cells=run_cells)
     click.echo(result.format_table())
     for path in write_outputs(result, prefix, plot):
         click.echo(f"wrote {path}")

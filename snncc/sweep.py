@@ -277,15 +277,66 @@ def planned_runs(info: ModelInfo, variants: list[Variant], steps: list[int], has
             if v.applies(info, T, has_calibration) and (has_calibration or not v.needs_calibration)]
 
 
+@dataclasses.dataclass(frozen=True)
+class SweepInputs:
+    """What every (T, variant) cell of a sweep reads: the ANN, the data and the ANN's reference run."""
+
+    model: onnx.ModelProto
+    source: str
+    x: np.ndarray
+    y: np.ndarray | None
+    data: str
+    calibration: object  # CalibrationData or None
+    batch_size: int | None
+    fold_time: bool
+    info: ModelInfo
+    reference: object  # snncc.evaluate.Reference
+
+
+def run_cell(inputs: SweepInputs, steps: int, variant: Variant) -> Row:
+    """Compile the ANN at T = `steps` as `variant` says and evaluate the SNN against the ANN."""
+    from snncc.compiler import CompileOptions, compile_model
+    from snncc.evaluate import SnnEvaluation
+
+    fields = {"fold_time": inputs.fold_time, **variant.options(steps, inputs.info)}  # a variant may override folding
+    options = CompileOptions(steps=steps, source=inputs.source, **fields,
+                             calibration_data=inputs.calibration if variant.needs_calibration else None)
+    started = time.perf_counter()
+    compiled = compile_model(inputs.model, options).model
+    compiled_at = time.perf_counter()
+    report = SnnEvaluation(compiled, f"{inputs.source} T={steps} {variant.key}", inputs.x, inputs.data).run(
+        inputs.y, inputs.reference, inputs.batch_size, label=f"T={steps} {variant.key}")
+    done = time.perf_counter()
+    return Row(steps, variant.key, variant.label, report.metadata.get("snncc.case", ""),
+               report.accuracy.top1 if report.accuracy else None,
+               report.accuracy.top5 if report.accuracy else None,
+               report.agreement.argmax, report.agreement.max_abs_logit_diff, report.counts.firing_rate(),
+               report.sops, report.snn_energy_uj / report.ann_energy_uj if report.ann_energy_uj else None,
+               compiled_at - started, done - compiled_at)
+
+
+# Runs cells [(T, variant)] and returns their rows in the same order, calling on_row(row) as each finishes.
+CellRunner = Callable[[SweepInputs, list[tuple[int, Variant]], Callable[[Row], None]], list[Row]]
+
+
+def run_cells_here(inputs: SweepInputs, cells: list[tuple[int, Variant]], on_row: Callable[[Row], None]) -> list[Row]:
+    """Every cell in this process, one after the other."""
+    rows = []
+    for steps, variant in cells:
+        rows.append(run_cell(inputs, steps, variant))
+        on_row(rows[-1])
+    return rows
+
+
 def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarray, y: np.ndarray | None,
               data: str, calibration=None, variant_keys: list[str] | None = None, batch_size: int | None = None,
               fold_time: bool = True, echo: Callable[[str], None] = print, serial_if: bool = False,
-              info: ModelInfo | None = None) -> SweepResult:
+              info: ModelInfo | None = None, run_cells: CellRunner = run_cells_here) -> SweepResult:
     """Compile and evaluate every applicable (T, variant); `calibration` is a CalibrationData or None.
     `echo` gets one line per finished run: 'run k of N', the result, the time taken and the ETA.
-    `info`: `model_info(model, source)` when the caller has it already."""
-    from snncc.compiler import CompileOptions, compile_model
-    from snncc.evaluate import SnnEvaluation, evaluate_ann
+    `info`: `model_info(model, source)` when the caller has it already. `run_cells`: where the
+    cells run (`run_cells_here`, or on Ray: `snncc.ray_sweep`); the rows are the same."""
+    from snncc.evaluate import evaluate_ann
     from snncc.progress import ProgressLog
 
     info = info or model_info(model, source)
@@ -297,27 +348,14 @@ def run_sweep(model: onnx.ModelProto, source: str, steps: list[int], x: np.ndarr
                          reference.accuracy.top5 if reference.accuracy else None,
                          reference.macs, None if calibration is None else calibration.source, fold_time, variants)
     log = ProgressLog(len(runs), "sweep", "run")
-    for T, variant in runs:
-        fields = {"fold_time": fold_time, **variant.options(T, info)}  # a variant may override folding
-        options = CompileOptions(steps=T, source=source, **fields,
-                                 calibration_data=calibration if variant.needs_calibration else None)
-        started = time.perf_counter()
-        compiled = compile_model(model, options).model
-        compiled_at = time.perf_counter()
-        report = SnnEvaluation(compiled, f"{source} T={T} {variant.key}", x, data).run(
-            y, reference, batch_size, label=f"T={T} {variant.key}")
-        done = time.perf_counter()
-        meta = report.metadata
-        row = Row(T, variant.key, variant.label, meta.get("snncc.case", ""),
-                  report.accuracy.top1 if report.accuracy else None,
-                  report.accuracy.top5 if report.accuracy else None,
-                  report.agreement.argmax, report.agreement.max_abs_logit_diff, report.counts.firing_rate(),
-                  report.sops, report.snn_energy_uj / report.ann_energy_uj if report.ann_energy_uj else None,
-                  compiled_at - started, done - compiled_at)
-        result.rows.append(row)
+
+    def finished(row: Row) -> None:
         shown = f"{100 * row.top1:.2f}% top-1" if row.top1 is not None else f"{100 * row.agreement:.2f}% agreement"
-        echo(f"{log.step_line()}: T={T} {variant.key} {shown}, firing rate {row.firing_rate:.4f}, "
+        echo(f"{log.step_line()}: T={row.steps} {row.variant} {shown}, firing rate {row.firing_rate:.4f}, "
              f"{row.sops_per_sample:,.0f} SOPs/sample ({row.compile_s:.1f}s compile, {row.eval_s:.1f}s eval)")
+
+    inputs = SweepInputs(model, source, x, y, data, calibration, batch_size, fold_time, info, reference)
+    result.rows.extend(run_cells(inputs, runs, finished))
     return result
 
 

@@ -107,7 +107,8 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
                 theta_post=((theta + layer.phi) * active).astype(np.float32),
                 psi=layer.psi, case=case))
     return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
-            "da_qcfs": run_da_qcfs, "momentum": options.momentum if run_da_qcfs else None}
+            "da_qcfs": run_da_qcfs, "momentum": options.momentum if run_da_qcfs else None,
+            **({"rounds": options.rounds} if run_da_qcfs and options.rounds else {})}
 
 
 def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions,
