@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -111,6 +112,25 @@ def test_killing_the_worker_node_mid_run_loses_and_doubles_no_rows(small_snn, tm
     assert "(100%)" not in progress
     assert (tmp_path / "ray.json").read_text() == (tmp_path / "here.json").read_text()
     assert json.loads((tmp_path / "ray.json").read_text())["samples"] == FAULT_ROWS
+
+
+def test_a_cluster_that_dies_mid_run_is_one_error_line_and_no_report(small_snn, tmp_path):
+    ann, snn = small_snn
+    with LoopbackCluster(head_cpus=1, worker_cpus=1) as cluster:
+        environment = {**os.environ, "PYTHONPATH": str(REPO), "SNNCC_MAX_SAMPLES": str(FAULT_ROWS), **cluster.client_env}
+        command = [sys.executable, "-m", "snncc", "eval", str(snn), "--ann", str(ann), "--data", "fashion-mnist:train",
+                   "--batch-size", "64", "--json", str(tmp_path / "r.json"), "--ray", cluster.address]
+        with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as run:
+            _first_progress_line(run)
+            for pid, cmd in cluster.pids().items():  # the head (GCS) and both nodes' raylets
+                if "/gcs/gcs_server " in cmd or "/raylet/raylet " in cmd:
+                    os.kill(pid, signal.SIGKILL)
+            _, stderr = run.communicate(timeout=LIMIT)
+    assert run.returncode == 2, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("snncc: error: ") and "Ray cluster" in last and "Traceback" not in stderr, stderr[-3000:]
+    assert not (tmp_path / "r.json").exists()
 
 
 def _first_progress_line(run: subprocess.Popen) -> str:
