@@ -113,13 +113,12 @@ def worker_runtime_env() -> dict:
 
 def _check_reachable(address: str) -> None:
     """SnnccError now, instead of Ray's long reconnect loop, when host:port does not answer."""
-    host, sep, port = address.rpartition(":")
+    _, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
         return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
-        raise SnnccError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
+    reason = _unreachable(address, timeout=5)
+    if reason is not None:
+        raise SnnccError(f"cannot reach the Ray cluster at {address}: {reason}")
 
 
 @contextlib.contextmanager
@@ -179,15 +178,11 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
     results: list = [None] * len(items)
     pending: dict = {}  # object ref -> (item index, actor)
     queue = iter(range(len(items)))
-    load = {id(a): 0 for a in actors}
 
-    def submit(actor) -> bool:
+    def submit(actor) -> None:
         index = next(queue, None)
-        if index is None:
-            return False
-        pending[getattr(actor, method).remote(items[index])] = (index, actor)
-        load[id(actor)] += 1
-        return True
+        if index is not None:
+            pending[getattr(actor, method).remote(items[index])] = (index, actor)
 
     for _ in range(IN_FLIGHT_PER_ACTOR):
         for actor in actors:
@@ -198,18 +193,16 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
         now = time.monotonic()
         if not done:
-            if _answers(head):
+            if _unreachable(head) is None:
                 head_seen = now
             elif now - head_seen > HEAD_LOST_SECONDS:
-                raise ClusterFailure(f"lost the Ray cluster's head at {head} ({len(pending)} items pending); "
-                                     "no report written")
+                raise ClusterFailure(f"lost the Ray cluster's head at {head} ({len(pending)} items pending)")
             if now - last_result > STALL_SECONDS:
                 raise ClusterFailure(f"the Ray cluster finished no work for {STALL_SECONDS:.0f} s "
-                                     f"({len(pending)} items pending); no report written")
+                                     f"({len(pending)} items pending)")
             continue
         last_result = now
         index, actor = pending.pop(done[0])
-        load[id(actor)] -= 1
         try:
             results[index] = ray.get(done[0], timeout=STALL_SECONDS)
         except RayTaskError as error:
@@ -226,13 +219,14 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
     return results
 
 
-def _answers(address: str) -> bool:
+def _unreachable(address: str, timeout: float = POLL_SECONDS) -> str | None:
+    """Why host:port does not accept a connection, or None when it does."""
     host, _, port = address.rpartition(":")
     try:
-        socket.create_connection((host, int(port)), timeout=POLL_SECONDS).close()
-    except (OSError, ValueError):
-        return False
-    return True
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _first_line(error: BaseException) -> str:

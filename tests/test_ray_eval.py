@@ -192,3 +192,10 @@ def test_without_ray_flag_nothing_imports_ray(bundled_snn, tmp_path):
     for result in (evaluated, compiled):
         assert result.returncode == 0, result.stderr[-3000:]
         assert result.stderr.strip().splitlines()[-1] == "ray not imported"
+
+
+def test_ray_options_without_ray_are_one_error_line(bundled_snn):
+    result = _cli_without(["eval", bundled_snn, "--data", "fashion-mnist:test", "--ray-actors", 2], block_ray=False)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == "snncc: error: --ray-actors needs --ray"
+    assert result.stderr.strip().splitlines()[-1] == "ray not imported"
