@@ -191,7 +191,7 @@ class RowSource:
             raise IndexError(f"rows {start}:{stop} of {self.rows}")
         path = pathlib.Path(self.spec)
         if path.suffix.lower() == ".npy":
-            return check_inputs(np.ascontiguousarray(_memory_map(path)[start:stop]), f"data file {self.spec}")
+            return np.ascontiguousarray(_memory_map(path)[start:stop], dtype=np.float32)  # dtype checked by open_rows
         if path.suffix.lower() == ".npz":
             return _cached_npz(self.spec)[0][start:stop]
         name, split = _dataset_split(self.spec)

@@ -199,3 +199,26 @@ def test_ray_options_without_ray_are_one_error_line(bundled_snn):
     assert result.returncode == 2
     assert result.stderr.splitlines()[0] == "snncc: error: --ray-actors needs --ray"
     assert result.stderr.strip().splitlines()[-1] == "ray not imported"
+
+
+def test_row_sources_read_the_rows_load_spec_gives(tmp_path, monkeypatch):
+    """What actors read shard by shard equals the in-process data, row for row and bit for bit."""
+    import numpy as np
+
+    from snncc.data import load_spec, open_rows
+
+    monkeypatch.setenv("SNNCC_MAX_SAMPLES", "130")
+    x, y = load_spec("fashion-mnist:test")
+    np.save(tmp_path / "x.npy", x.astype(np.float64) * 3)  # cast to float32 on reading, as load_spec does
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    for spec in ("fashion-mnist:test", str(tmp_path / "x.npy"), str(tmp_path / "xy.npz")):
+        expected, labels = load_spec(spec)
+        source, source_labels = open_rows(spec)
+        assert source.rows == len(expected) == 130
+        for start, stop in ((0, 64), (64, 128), (128, 130), (5, 5)):
+            got = source.read(start, stop)
+            assert got.dtype == np.float32 and np.array_equal(got, expected[start:stop]), (spec, start)
+        assert np.array_equal(source[np.array([3, 77, 129])], expected[[3, 77, 129]])
+        assert (labels is None and source_labels is None) or np.array_equal(labels, source_labels)
+    with pytest.raises(IndexError):
+        source.read(120, 131)
