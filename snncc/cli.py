@@ -267,24 +267,38 @@ def inspect_command(model_path: Path):
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Inputs per run (default 256; time-expanded graphs: 2048/T).")
 @click.option("--force", is_flag=True, help="Overwrite an existing --json file.")
+@ray_options
 @_user_errors
 def eval_command(model_path: Path, data_spec: str, labels_spec: str | None, ann_path: Path | None,
-                 json_path: Path | None, batch_size: int, force: bool):
+                 json_path: Path | None, batch_size: int, force: bool, ray_address: str | None,
+                 ray_actors: int | None, ray_gpus_per_actor: float | None):
     """Accuracy, agreement with the ANN, firing rates, SOPs and energy of a compiled SNN."""
-    from snncc.data import load_spec
-    from snncc.evaluate import SnnEvaluation, check_labels, evaluate_ann, load_labels, lossless_residue
+    from snncc.data import load_spec, open_rows
+    from snncc.evaluate import (SnnEvaluation, ann_probe, check_labels, evaluate_ann, load_labels,
+                                lossless_residue)
     from snncc.modelio import check_output_file, load_model
+    from snncc.ray_runtime import RayOptions
     from snncc.report import write_atomic
 
+    on_ray = RayOptions.from_cli(ray_address, ray_actors, ray_gpus_per_actor)
     snn = load_model(model_path)
-    x, y = load_spec(data_spec)
-    y = load_labels(labels_spec, len(x)) if labels_spec else (None if y is None else check_labels(y, len(x), data_spec))
+    x, y = open_rows(data_spec) if on_ray else load_spec(data_spec)  # on Ray: a RowSource, read by the actors
+    rows = x.rows if on_ray else len(x)
+    y = load_labels(labels_spec, rows) if labels_spec else (None if y is None else check_labels(y, rows, data_spec))
     if json_path is not None:
         check_output_file(json_path, force)
-    evaluation = SnnEvaluation(snn, str(model_path), x, data_spec)
+    checked = x.read(0, 1) if on_ray else x
+    evaluation = SnnEvaluation(snn, str(model_path), checked, data_spec)
     ann = load_model(ann_path) if ann_path is not None else None
-    reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
-    report = evaluation.run(y, reference, batch_size)
+    if on_ray:
+        from snncc.ray_eval import evaluate_on_ray
+
+        if ann is not None:
+            ann_probe(ann, str(ann_path), checked, y)
+        report, reference = evaluate_on_ray(evaluation, x, y, ann, str(ann_path), batch_size, on_ray)
+    else:
+        reference = evaluate_ann(ann, x, y, str(ann_path), batch_size) if ann is not None else None
+        report = evaluation.run(y, reference, batch_size)
     if reference is not None and "qcfs-lossless" in report.metadata.get("snncc.case", "").split(","):
         report.residue = lossless_residue(snn, ann, x, report.logits, reference.logits)
     click.echo(report.format_text())

@@ -9,6 +9,10 @@ Arrays from files must hold floating-point inputs: integer pixels (0..255) and o
 :class:`~snncc.errors.SnnccError`, as is an empty array. ``$SNNCC_MAX_SAMPLES`` (a positive
 integer), when set, keeps the first N samples of every data set (quick tries; the README test).
 
+Data larger than memory: `open_rows(spec)` gives a `RowSource` that reads any range of rows on
+its own (a ``.npy`` file memory-mapped, an idx data set from its uint8 file), with the same values
+as `load_spec`; scale-out actors read their shards with it.
+
 Cache folder: ``$SNNCC_DATA_DIR`` if set, else ``<repo>/.cache/data``. Layout (written by
 ``scripts/fetch_data.sh``): ``<cache>/<dataset>/{train,t10k}-{images-idx3,labels-idx1}-ubyte``,
 each either raw or gzip-compressed (``.gz``).
@@ -16,6 +20,8 @@ each either raw or gzip-compressed (``.gz``).
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gzip
 import os
 import pathlib
@@ -98,6 +104,22 @@ def _labels(y: np.ndarray, spec: str) -> np.ndarray:
 
 def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Returns (x float32 [N,1,28,28] in [0,1], y int64 [N]) for ``name`` in DATASETS, ``split`` in SPLITS."""
+    images, labels = _load_pixels(name, split)
+    return _scaled(images), labels
+
+
+def _scaled(images: np.ndarray) -> np.ndarray:
+    """uint8 [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1]."""
+    return (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_pixels(name: str, split: str, folder: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+    return _load_pixels(name, split)
+
+
+def _load_pixels(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, 28, 28], labels int64 [N]) of a cached data set."""
     if name not in DATASETS:
         raise SnnccError(f"unknown dataset '{name}'; expected one of {', '.join(DATASETS)}")
     if split not in SPLITS:
@@ -108,8 +130,7 @@ def load(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     labels = _read_idx(_find(folder, f"{prefix}-labels-idx1-ubyte"), 0x00000801)
     if images.shape[0] != labels.shape[0] or images.shape[1:] != (28, 28):
         raise SnnccError(f"{folder}: {split} images {images.shape} do not match labels {labels.shape}")
-    x = (images.astype(np.float32) / np.float32(255.0))[:, None, :, :]
-    return x, labels.astype(np.int64)
+    return images, labels.astype(np.int64)
 
 
 def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
@@ -144,10 +165,68 @@ def _load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
         if y is not None and y.shape[0] != x.shape[0]:
             raise SnnccError(f"{spec}: x has {x.shape[0]} rows but y has {y.shape[0]}")
         return x, y
+    return load(*_dataset_split(spec))
+
+
+def _dataset_split(spec: str) -> tuple[str, str]:
     name, sep, split = spec.partition(":")
     if not sep or name not in DATASETS or split not in SPLITS:
         raise SnnccError(
             f"bad data spec '{spec}'; expected <dataset>:<split> with dataset in "
             f"{{{', '.join(DATASETS)}}} and split in {{{', '.join(SPLITS)}}}, or a .npz/.npy file"
         )
-    return load(name, split)
+    return name, split
+
+
+@dataclasses.dataclass(frozen=True)
+class RowSource:
+    """Rows of the data named by a spec, read range by range (picklable: actors open it again).
+    `read(start, stop)` equals ``load_spec(spec)[0][start:stop]``; `rows` counts $SNNCC_MAX_SAMPLES."""
+
+    spec: str
+    rows: int
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if not 0 <= start <= stop <= self.rows:
+            raise IndexError(f"rows {start}:{stop} of {self.rows}")
+        path = pathlib.Path(self.spec)
+        if path.suffix.lower() == ".npy":
+            return np.ascontiguousarray(_memory_map(path)[start:stop], dtype=np.float32)  # dtype checked by open_rows
+        if path.suffix.lower() == ".npz":
+            return _cached_npz(self.spec)[0][start:stop]
+        name, split = _dataset_split(self.spec)
+        return _scaled(_cached_pixels(name, split, data_dir())[0][start:stop])
+
+    def __getitem__(self, rows: np.ndarray) -> np.ndarray:
+        """The rows at sorted indices `rows` (e.g. those an analysis looks at again)."""
+        return np.concatenate([self.read(int(r), int(r) + 1) for r in rows])
+
+
+def _memory_map(path: pathlib.Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise SnnccError(f"cannot read data file {path}: {e}") from e
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_npz(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    return _load_spec(spec)
+
+
+def open_rows(spec: str) -> tuple[RowSource, np.ndarray | None]:
+    """A RowSource for ``spec`` and its labels (None when it has none), reading no inputs but the
+    first row (checked as `load_spec` checks them); `.npy` files are memory-mapped, never loaded."""
+    path = pathlib.Path(spec)
+    if path.suffix.lower() == ".npy":
+        if not path.is_file():
+            raise SnnccError(f"data file {spec} not found")
+        x, y = _memory_map(path), None
+        check_inputs(np.asarray(x[:1] if x.ndim else x), f"data file {spec}")
+    elif path.suffix.lower() == ".npz":
+        x, y = _cached_npz(spec)
+    else:
+        x, y = _cached_pixels(*_dataset_split(spec), data_dir())
+    limit = max_samples()
+    rows = len(x) if limit is None else min(limit, len(x))
+    return RowSource(spec, rows), (None if y is None else y[:rows])

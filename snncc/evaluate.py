@@ -62,12 +62,81 @@ def agreement(snn: np.ndarray, ann: np.ndarray) -> Agreement:
     )
 
 
-def run_batches(session: ort.InferenceSession, x: np.ndarray, batch_size: int = 256, label: str = "running"):
-    """Yield (batch size, every output of `session`) for consecutive batches of `x`, with a progress bar."""
+SHARD_BATCHES = 4  # batches per shard: the unit of work on Ray and of the fixed summation order everywhere
+
+
+def shard_bounds(rows: int, batch_size: int) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) of SHARD_BATCHES batches each, tiling [0, rows)."""
+    size = batch_size * SHARD_BATCHES
+    return [(start, min(start + size, rows)) for start in range(0, rows, size)]
+
+
+@dataclasses.dataclass
+class ShardResult:
+    """One shard's logits and counts (totals over its own rows only, so a retried shard counts once)."""
+
+    start: int
+    logits: np.ndarray
+    counts: object  # spikes.Counts
+
+    @property
+    def rows(self) -> int:
+        return len(self.logits)
+
+
+def run_shard(session: ort.InferenceSession, probe, x: np.ndarray, start: int, batch_size: int,
+              on_batch=None) -> ShardResult:
+    """Run the probe model's `session` on the rows `x` (rows start.. of the data) batch by batch."""
+    from snncc import spikes
+
     name = session.get_inputs()[0].name
-    for start in progress(range(0, len(x), batch_size), label):
-        batch = np.ascontiguousarray(x[start:start + batch_size])
-        yield len(batch), session.run(None, {name: batch})
+    counts = spikes.start_counts(probe)
+    logits = []
+    for offset in range(0, len(x), batch_size):
+        batch = np.ascontiguousarray(x[offset:offset + batch_size])
+        outputs = session.run(None, {name: batch})
+        logits.append(outputs[0])
+        spikes.accumulate(counts, probe, outputs, len(batch))
+        if on_batch is not None:
+            on_batch()
+    return ShardResult(start, np.concatenate(logits), counts)
+
+
+def merge_shards(results: list[ShardResult]):
+    """(logits in row order, counts) of shards given in row order: every total summed shard by shard in
+    that order, so a run over the same shards gives the same floats wherever the shards ran."""
+    expected = 0
+    for result in results:
+        if result.start != expected:
+            raise AssertionError(f"shard at row {result.start}, expected row {expected}")
+        expected += result.rows
+    first = results[0].counts
+    counts = dataclasses.replace(
+        first, samples=sum(r.counts.samples for r in results),
+        neurons=[dataclasses.replace(n, spikes=_ordered_sum(r.counts.neurons[i].spikes for r in results))
+                 for i, n in enumerate(first.neurons)],
+        synapses=[dataclasses.replace(c, sops=_ordered_sum(r.counts.synapses[i].sops for r in results),
+                                      macs=_ordered_sum(r.counts.synapses[i].macs for r in results))
+                  for i, c in enumerate(first.synapses)])
+    return np.concatenate([r.logits for r in results]), counts
+
+
+def _ordered_sum(values) -> float:
+    total = 0.0
+    for value in values:
+        total += value
+    return total
+
+
+def run_batches(session: ort.InferenceSession, probe, x: np.ndarray, batch_size: int, label: str):
+    """(logits, counts) of the probe model's `session` over `x`, shard by shard (`shard_bounds`, merged
+    by `merge_shards`, as on Ray), with a progress bar over the batches."""
+    from snncc.progress import progress_counter
+
+    bounds = shard_bounds(len(x), batch_size)
+    with progress_counter(-(-len(x) // batch_size), label) as advance:
+        return merge_shards([run_shard(session, probe, x[start:stop], start, batch_size, advance)
+                             for start, stop in bounds])
 
 
 def load_labels(spec: str, count: int) -> np.ndarray:
@@ -128,9 +197,8 @@ class Reference:
     accuracy: object | None = None  # report.Accuracy when labels are known
 
 
-def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str,
-                 batch_size: int | None = None) -> Reference:
-    """The ANN's logits, accuracy and MACs per sample (Conv/Gemm/MatMul, counted in its graph)."""
+def ann_probe(model: onnx.ModelProto, source: str, x: np.ndarray, y: np.ndarray | None):
+    """(probe, session) of the ANN `model`, checked against the data `x` (a first row suffices) and labels."""
     from snncc import spikes
     from snncc.session import make_session
 
@@ -141,16 +209,23 @@ def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, so
     check_input(session, x, source)
     if y is not None:
         _check_label_range(y, _static_classes(session), source)
-    counts = spikes.start_counts(probe)
-    logits = []
-    for batch, outputs in run_batches(session, x, batch_size or 256, f"ANN on {len(x)} inputs"):
-        logits.append(outputs[0])
-        spikes.accumulate(counts, probe, outputs, batch)
-    out = np.concatenate(logits)
+    return probe, session
+
+
+def evaluate_ann(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray | None, source: str,
+                 batch_size: int | None = None) -> Reference:
+    """The ANN's logits, accuracy and MACs per sample (Conv/Gemm/MatMul, counted in its graph)."""
+    probe, session = ann_probe(model, source, x, y)
+    out, counts = run_batches(session, probe, x, batch_size or 256, f"ANN on {len(x)} inputs")
+    return ann_reference(source, out, counts, y)
+
+
+def ann_reference(source: str, logits: np.ndarray, counts, y: np.ndarray | None) -> Reference:
+    """The ANN's Reference from its logits and merged counts."""
     if y is not None:
-        _check_label_range(y, out.shape[1], source)
+        _check_label_range(y, logits.shape[1], source)
     macs = counts.macs / counts.samples if counts.samples else 0.0
-    return Reference(source, out, macs, _accuracy(out, y) if y is not None else None)
+    return Reference(source, logits, macs, _accuracy(logits, y) if y is not None else None)
 
 
 def require_snn(model: onnx.ModelProto, source: str) -> None:
@@ -190,23 +265,21 @@ class SnnEvaluation:
     def run(self, y: np.ndarray | None = None, reference: Reference | None = None, batch_size: int | None = None,
             label: str | None = None):
         """Accuracy (with labels), agreement with `reference`, spike, SOP and MAC counts: a report.EvalReport."""
-        from snncc import spikes
-        from snncc.report import EvalReport
-        from snncc.session import runtime_description
-
         x = self.x
         batch_size = batch_size or self.default_batch_size()
         if reference is not None and len(reference.logits) != len(x):
             raise AssertionError("reference logits were computed on other data")
         if y is not None:  # before the long run when the class count is static, else after it
             _check_label_range(y, _static_classes(self.session), self.data)
-        counts = spikes.start_counts(self.probe)
-        logits = []
-        for batch, outputs in run_batches(self.session, x, batch_size, label or f"SNN on {len(x)} inputs"):
-            logits.append(outputs[0])
-            spikes.accumulate(counts, self.probe, outputs, batch)
-        out = np.concatenate(logits)
-        report = EvalReport(model=self.source, data=self.data, samples=len(x),
+        out, counts = run_batches(self.session, self.probe, x, batch_size, label or f"SNN on {len(x)} inputs")
+        return self.report(out, counts, y, reference)
+
+    def report(self, out: np.ndarray, counts, y: np.ndarray | None = None, reference: Reference | None = None):
+        """The report.EvalReport from the SNN's logits and merged counts over all the rows."""
+        from snncc.report import EvalReport
+        from snncc.session import runtime_description
+
+        report = EvalReport(model=self.source, data=self.data, samples=len(out),
                             metadata={p.key: p.value for p in self.model.metadata_props},
                             runtime=runtime_description(self.model), counts=counts, logits=out)
         if y is not None:

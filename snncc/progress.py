@@ -8,9 +8,10 @@ step; nothing else.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import click
 
@@ -64,13 +65,26 @@ class ProgressLog:
 def progress(items: Iterable, label: str, unit: str = "batch") -> Iterator:
     """Iterate over `items` (a sized iterable) with progress on stderr."""
     items = list(items)
+    with progress_counter(len(items), label, unit) as advance:
+        for item in items:
+            yield item
+            advance()
+
+
+@contextlib.contextmanager
+def progress_counter(total: int, label: str, unit: str = "batch") -> Iterator[Callable[..., None]]:
+    """`advance(n=1)`: n more of `total` steps are done (e.g. a whole shard of batches at once), shown as
+    `progress` shows them."""
     if sys.stderr.isatty():
-        with click.progressbar(items, label=label, file=sys.stderr) as bar:
-            yield from bar
+        with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+            yield lambda n=1: bar.update(n)
         return
-    log = ProgressLog(len(items), label, unit)
-    for item in items:
-        yield item
-        line = log.step()
+    log = ProgressLog(total, label, unit)
+
+    def advance(n: int = 1) -> None:
+        lines = [log.step() for _ in range(n)]
+        line = next((line for line in reversed(lines) if line), None)
         if line:
             click.echo(line, err=True)
+
+    yield advance

@@ -17,8 +17,9 @@ Invariant: nothing imports Ray unless the user asked for `--ray` (this module im
   snncc first), every `SNNCC_*` variable and the native op library's path explicitly.
 - Actors restart at most MAX_RESTARTS times and their calls are retried at most MAX_TASK_RETRIES
   times (a lost node costs retries, not rows); work whose every try kills its worker fails instead of
-  hanging, and so does a cluster that finishes nothing for STALL_SECONDS: `ClusterFailure`, a user
-  error (one line, exit 2). Statistics must come back per item (actors restart empty).
+  hanging, and so do a cluster whose head stops answering for HEAD_LOST_SECONDS and one that finishes
+  nothing for STALL_SECONDS ($SNNCC_RAY_STALL_SECONDS): `ClusterFailure`, a user error (one line, exit
+  2). Statistics must come back per item (actors restart empty).
 - Errors raised by user code on an actor (SnnccError) come back as themselves.
 """
 
@@ -28,6 +29,7 @@ import contextlib
 import dataclasses
 import os
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -38,6 +40,8 @@ MAX_RESTARTS = 4
 MAX_TASK_RETRIES = 4
 OBJECT_STORE_BYTES = 256 * 2**20  # a private local instance: results are small, keep memory for the sessions
 STALL_SECONDS = float(os.environ.get("SNNCC_RAY_STALL_SECONDS", "600"))
+POLL_SECONDS = 2.0  # how often a waiting driver checks that the cluster's head still answers
+HEAD_LOST_SECONDS = 15.0  # head unreachable this long: give up (before Ray ends the driver at 60 s)
 IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: no idle gap between items
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,13 +113,12 @@ def worker_runtime_env() -> dict:
 
 def _check_reachable(address: str) -> None:
     """SnnccError now, instead of Ray's long reconnect loop, when host:port does not answer."""
-    host, sep, port = address.rpartition(":")
+    _, sep, port = address.rpartition(":")
     if not sep or not port.isdigit() or "://" in address:
         return
-    try:
-        socket.create_connection((host, int(port)), timeout=5).close()
-    except OSError as error:
-        raise SnnccError(f"cannot reach the Ray cluster at {address}: {error.strerror or error}") from None
+    reason = _unreachable(address, timeout=5)
+    if reason is not None:
+        raise SnnccError(f"cannot reach the Ray cluster at {address}: {reason}")
 
 
 @contextlib.contextmanager
@@ -175,26 +178,31 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
     results: list = [None] * len(items)
     pending: dict = {}  # object ref -> (item index, actor)
     queue = iter(range(len(items)))
-    load = {id(a): 0 for a in actors}
 
-    def submit(actor) -> bool:
+    def submit(actor) -> None:
         index = next(queue, None)
-        if index is None:
-            return False
-        pending[getattr(actor, method).remote(items[index])] = (index, actor)
-        load[id(actor)] += 1
-        return True
+        if index is not None:
+            pending[getattr(actor, method).remote(items[index])] = (index, actor)
 
     for _ in range(IN_FLIGHT_PER_ACTOR):
         for actor in actors:
             submit(actor)
+    head = ray.get_runtime_context().gcs_address
+    last_result = head_seen = time.monotonic()
     while pending:
-        done, _ = ray.wait(list(pending), num_returns=1, timeout=STALL_SECONDS)
+        done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
+        now = time.monotonic()
         if not done:
-            raise ClusterFailure(f"the Ray cluster finished no work for {STALL_SECONDS:.0f} s "
-                                 f"({len(pending)} items pending); giving up")
+            if _unreachable(head) is None:
+                head_seen = now
+            elif now - head_seen > HEAD_LOST_SECONDS:
+                raise ClusterFailure(f"lost the Ray cluster's head at {head} ({len(pending)} items pending)")
+            if now - last_result > STALL_SECONDS:
+                raise ClusterFailure(f"the Ray cluster finished no work for {STALL_SECONDS:.0f} s "
+                                     f"({len(pending)} items pending)")
+            continue
+        last_result = now
         index, actor = pending.pop(done[0])
-        load[id(actor)] -= 1
         try:
             results[index] = ray.get(done[0], timeout=STALL_SECONDS)
         except RayTaskError as error:
@@ -209,6 +217,16 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
             on_result(index, results[index])
         submit(actor)
     return results
+
+
+def _unreachable(address: str, timeout: float = POLL_SECONDS) -> str | None:
+    """Why host:port does not accept a connection, or None when it does."""
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def _first_line(error: BaseException) -> str:
