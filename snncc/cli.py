@@ -150,7 +150,7 @@ def _print_qdq_summary(model) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Calibration batch size; each batch is one DA-QCFS momentum update.")
 @click.option("--calib-rounds", type=click.IntRange(min=1), metavar="W",
-              help="DA-QCFS in synchronous rounds of W batches, one per worker (an approximation: docs/calibration.md).")
+              help="DA-QCFS in synchronous rounds of W batches, one per worker: an approximation (each round starts from the same psi/phi; README, Scaling out).")
 @click.option("--neuron", type=click.Choice(["parallel", "if"]), default="parallel", show_default=True,
               help="Parallel spiking neurons, or the serial IF baseline.")
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")

@@ -164,7 +164,7 @@ def _layers(thetas: dict[str, np.ndarray], state: dict[str, np.ndarray]) -> dict
 def _calibrate_in_rounds(proto: onnx.ModelProto, thetas: dict[str, np.ndarray], data: CalibrationData,
                          reference: ReferenceMeans, momentum: float, width: int, executor: Executor,
                          steps: int) -> dict[str, np.ndarray]:
-    """Algorithm 1 in synchronous rounds of `width` batches (an approximation, docs/calibration.md):
+    """Algorithm 1 in synchronous rounds of `width` batches (an approximation, README "Scaling out"):
     every batch of a round runs under the ψ/φ the round starts with and returns its channel means
     of z_act and r_act; the driver then applies the momentum updates of the round's batches in batch
     order. With width 1 this is the sequential algorithm (up to float rounding of the update)."""

@@ -37,7 +37,7 @@ class CalibrationWorker:
             import ray
 
             proto = ray.get(model) if isinstance(model, ray.ObjectRef) else model
-            self._sessions = {key: make_session(proto, native=False, spinning=False)}  # one model at a time
+            self._sessions = {key: make_session(proto, native=False, threads=1, spinning=False)}  # one model at a time
         return self._sessions[key]
 
     def summarise(self, item) -> Summary:
