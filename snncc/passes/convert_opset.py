@@ -11,9 +11,12 @@ import logging
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from onnxscript import version_converter
+from onnxscript.version_converter._version_converter import SUPPORTED_MIN_ONNX_OPSET
 
 from snncc.errors import SnnccError
+from snncc.modelio import without_weights
 
 # DESIGN asks for 11-21; older opsets (down to 7, e.g. Clip with min/max attributes) convert too.
 MIN_OPSET = 7
@@ -22,6 +25,39 @@ MAX_OPSET = 21
 
 def default_opset(model: ir.Model) -> int | None:
     return model.opset_imports.get("", model.opset_imports.get("ai.onnx"))
+
+
+def from_proto_at(model: onnx.ModelProto, target: int) -> ir.Model:
+    """`model` in onnx_ir, at opset `target` where ConvertOpsetPass would hand it to onnx's C
+    converter (opsets below onnxscript's own converter's 18, no model-local functions to inline),
+    converted as the pass converts it, else as it is (the pass then does or refuses the rest).
+    The pass reaches the C converter through onnx_ir's serialiser and reads the result back; here
+    it runs on the proto without its weights (`without_weights`), which then return."""
+    converted = _converted_proto(model, target)
+    result = ir.from_proto(converted if converted is not None else model)
+    if converted is not None:  # what onnxscript's converter leaves: no unused opset imports
+        common_passes.RemoveUnusedOpsetsPass()(result)
+    return result
+
+
+def _converted_proto(model: onnx.ModelProto, target: int) -> onnx.ModelProto | None:
+    version = next((o.version for o in model.opset_import if o.domain == ""), None)  # as onnxscript reads it
+    if version is None or version == target or not MIN_OPSET <= version < SUPPORTED_MIN_ONNX_OPSET or model.functions:
+        return None
+    skeleton = without_weights(model)
+    try:
+        converted = onnx.version_converter.convert_version(skeleton, target)
+    except Exception:  # noqa: BLE001 (the pass reports it)
+        return None
+    inputs = {i.name for i in model.graph.input}
+    kept = [i for i in converted.graph.input if i.name in inputs]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    small = {t.name: t for t in converted.graph.initializer}  # converted, perhaps added to
+    ordered = [small.pop(t.name) if t.name in small else t for t in model.graph.initializer] + list(small.values())
+    del converted.graph.initializer[:]
+    converted.graph.initializer.extend(ordered)
+    return converted
 
 
 def _min_ir_version(opset: int) -> int:
