@@ -71,10 +71,11 @@ def attr(node: ir.Node, name: str, default=None):
 
 
 def add_initializer(graph: ir.Graph, names: NameGenerator, base: str, array: np.ndarray) -> ir.Value:
-    """A new initializer holding `array`."""
+    """A new initializer holding `array` (ir.Tensor, as ir.tensor makes of an array, without its
+    checks against the tensor protocols, which cost more than the rest on a big graph)."""
     name = names(base)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+                     const_value=ir.Tensor(array, name=name))
     graph.register_initializer(value)
     return value
 

@@ -77,7 +77,7 @@ def _fold_static_shape_reads(graph: ir.Graph) -> bool:
             continue
         out = node.outputs[0]
         name = names(f"{out.name}_static")
-        constant = ir.Value(name=name, const_value=ir.tensor(value, name=name), shape=ir.Shape(value.shape),
+        constant = ir.Value(name=name, const_value=ir.Tensor(value, name=name), shape=ir.Shape(value.shape),
                             type=ir.TensorType(ir.DataType.INT64))
         graph.register_initializer(constant)
         ir.convenience.replace_all_uses_with(out, constant)
