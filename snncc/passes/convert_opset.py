@@ -3,6 +3,7 @@
 Invariant after the pass: the default-domain opset import equals the target opset, and the
 model's IR version is at least the one that opset needs (an IR 3 model, whose initializers are
 also graph inputs, becomes IR 10 once FreezeInitializerInputsPass has made them plain constants).
+`from_proto_at` does the same conversion while a proto becomes an IR model, where that is cheaper.
 """
 
 from __future__ import annotations
