@@ -33,31 +33,32 @@ def from_proto_at(model: onnx.ModelProto, target: int) -> ir.Model:
     converter (opsets below onnxscript's own converter's 18, no model-local functions to inline),
     converted as the pass converts it, else as it is (the pass then does or refuses the rest).
     The pass reaches the C converter through onnx_ir's serialiser and reads the result back; here
-    it runs on the proto without its weights (`without_weights`), which then return."""
-    converted = _converted_proto(model, target)
-    result = ir.from_proto(converted if converted is not None else model)
-    if converted is not None:  # what onnxscript's converter leaves: no unused opset imports
-        common_passes.RemoveUnusedOpsetsPass()(result)
-    return result
-
-
-def _converted_proto(model: onnx.ModelProto, target: int) -> onnx.ModelProto | None:
+    it runs on the proto without its weights (`without_weights`), and the weights' protos join the
+    result uncopied, in their order."""
     version = next((o.version for o in model.opset_import if o.domain == ""), None)  # as onnxscript reads it
     if version is None or version == target or not MIN_OPSET <= version < SUPPORTED_MIN_ONNX_OPSET or model.functions:
-        return None
-    skeleton = without_weights(model)
+        return ir.from_proto(model)
     try:
-        converted = onnx.version_converter.convert_version(skeleton, target)
+        converted = ir.from_proto(onnx.version_converter.convert_version(without_weights(model), target))
     except Exception:  # noqa: BLE001 (the pass reports it)
-        return None
+        return ir.from_proto(model)
+    graph = converted.graph
     inputs = {i.name for i in model.graph.input}
-    kept = [i for i in converted.graph.input if i.name in inputs]
-    del converted.graph.input[:]
-    converted.graph.input.extend(kept)
-    small = {t.name: t for t in converted.graph.initializer}  # converted, perhaps added to
-    ordered = [small.pop(t.name) if t.name in small else t for t in model.graph.initializer] + list(small.values())
-    del converted.graph.initializer[:]
-    converted.graph.initializer.extend(ordered)
+    values = {v.name: v for v in graph.inputs}
+    small = dict(graph.initializers)  # converted, perhaps added to
+    graph.initializers.clear()
+    for tensor in model.graph.initializer:
+        value = small.pop(tensor.name, None)
+        if value is None:  # left out: a graph input of the converted copy
+            value = values[tensor.name]
+            value.const_value = ir.serde.deserialize_tensor(tensor)
+        graph.register_initializer(value)
+    for value in small.values():
+        graph.register_initializer(value)
+    kept = [v for v in graph.inputs if v.name in inputs]
+    graph.inputs.clear()
+    graph.inputs.extend(kept)
+    common_passes.RemoveUnusedOpsetsPass()(converted)  # as onnxscript's converter leaves the model
     return converted
 
 
