@@ -37,7 +37,8 @@ def _value_infos(graph: onnx.GraphProto):
     yield from graph.value_info
 
 
-def _probe_shapes(model: onnx.ModelProto, batch: int, data_inputs: set[str] | None) -> dict[str, list[int | None]]:
+def _probe_shapes(model: onnx.ModelProto, batch: int, data_inputs: set[str] | None) -> dict[str, list]:
+    """The inferred dims (protobuf messages, read only where needed) of every value at batch `batch`."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     del probe.graph.value_info[:]
@@ -51,8 +52,14 @@ def _probe_shapes(model: onnx.ModelProto, batch: int, data_inputs: set[str] | No
         if dims:
             dims[0].dim_value = batch
     inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
-    return {v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
-            for v in _value_infos(inferred.graph)}
+    return {v.name: v.type.tensor_type.shape.dim for v in _value_infos(inferred.graph)}
+
+
+def _dim_value(dims, axis: int) -> int | None:
+    """The number at `axis` of a probe's inferred dims, or None (not inferred, or not a number)."""
+    if dims is None or axis >= len(dims) or not dims[axis].HasField("dim_value"):
+        return None
+    return dims[axis].dim_value
 
 
 def name_batch_dims(model: onnx.ModelProto, steps: int, data_inputs: set[str] | None = None) -> None:
@@ -70,10 +77,10 @@ def name_batch_dims(model: onnx.ModelProto, steps: int, data_inputs: set[str] | 
         for axis, dim in enumerate(value.type.tensor_type.shape.dim):
             if dim.HasField("dim_value"):
                 continue
-            a, b = (shapes.get(value.name, []) for shapes in (small, large))
-            if axis >= min(len(a), len(b)) or a[axis] is None or b[axis] is None:
+            a, b = (_dim_value(shapes.get(value.name), axis) for shapes in (small, large))
+            if a is None or b is None:
                 continue
-            factor, rest = divmod(a[axis], _PROBES[0])
-            if rest or factor == 0 or b[axis] != factor * _PROBES[1]:
+            factor, rest = divmod(a, _PROBES[0])
+            if rest or factor == 0 or b != factor * _PROBES[1]:
                 continue
             dim.dim_param = batch_name if factor == 1 else "T*" + batch_name if factor == steps else f"{factor}*{batch_name}"

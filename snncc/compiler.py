@@ -28,7 +28,7 @@ from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activ
 from snncc.passes._graph import CASE_KEY, source_of
 from snncc.passes.canonicalize_qdq import CanonicalizeQdqPass
 from snncc.passes.check_convertible import CheckConvertiblePass
-from snncc.passes.convert_opset import ConvertOpsetPass
+from snncc.passes.convert_opset import ConvertOpsetPass, from_proto_at
 from snncc.passes.emit_spikes import EmitSpikesPass
 from snncc.passes.expand_time import ExpandTimePass
 from snncc.passes.fold_time import FoldTimePass
@@ -108,7 +108,9 @@ def canonicalize(model: ir.Model, source: str = "model") -> None:
 
 
 def to_ir(model: onnx.ModelProto | ir.Model) -> ir.Model:
-    return model if isinstance(model, ir.Model) else ir.from_proto(model)
+    """The model in onnx_ir; a proto is brought to the target opset on the way where that is cheaper
+    there (convert_opset.from_proto_at; canonicalize's ConvertOpsetPass then has nothing to convert)."""
+    return model if isinstance(model, ir.Model) else from_proto_at(model, ops.TARGET_OPSET)
 
 
 def analyse_activations(model: ir.Model, source: str = "model", drop_signed_qdq: bool = False) -> ir.Model:

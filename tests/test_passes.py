@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
 from snncc.errors import ConversionError, SnnccError
 from snncc.passes._activation import is_activation, read_activation
 from snncc.passes.check_convertible import CheckConvertiblePass, find_problems
-from snncc.passes.convert_opset import ConvertOpsetPass
+from snncc.passes.convert_opset import ConvertOpsetPass, from_proto_at
 from snncc.passes.fold_batchnorm import FoldBatchNormPass
 from snncc.passes.fold_constants import FoldConstantsPass
 from snncc.passes.freeze_initializer_inputs import FreezeInitializerInputsPass
@@ -49,6 +50,36 @@ def test_convert_opset_rejects_unsupported_versions(opset):
 def test_convert_opset_keeps_target_version_unchanged():
     model = graphs.ir_model("g (float[N,3] x) => (float[N,3] y) { y = Relu (x) }")
     assert not ConvertOpsetPass(21)(model).modified
+
+
+def test_converting_an_old_opset_proto_on_the_way_in_equals_the_pass():
+    """from_proto_at converts on the proto without its weights: the same graph, weights and opset
+    imports as ConvertOpsetPass on the IR model, and the same outputs."""
+    text = """g (float[N,3,6,6] x) => (float[N,16,6,6] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w)
+        s = Unsqueeze <axes = [1, 2]> (scale)
+        m = Mul (c, s)
+        y = Clip <min: float = 0.0, max: float = 6.0> (m)
+    }"""
+    proto = graphs.model(text, opset=9, extra_opsets={"ai.onnx.ml": 1})  # an unused import, dropped by both
+    weight = RNG.normal(size=(16, 3, 3, 3)).astype(np.float32)  # 1.7 kB: left out of the converted copy
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(weight, "w"),
+                                    onnx.numpy_helper.from_array(np.linspace(0.5, 2, 16, dtype=np.float32), "scale")])
+    via_pass = ir.from_proto(proto)
+    ConvertOpsetPass(21)(via_pass)
+    direct = from_proto_at(proto, 21)
+    assert direct.opset_imports == {"": 21}
+    ConvertOpsetPass(21)(direct)  # as canonicalize runs it: only the IR version is left to raise
+    a, b = ir.to_proto(via_pass), ir.to_proto(direct)
+    assert list(a.graph.node) == list(b.graph.node) and list(a.opset_import) == list(b.opset_import)
+    assert a.ir_version == b.ir_version
+    assert {t.name: t for t in a.graph.initializer} == {t.name: t for t in b.graph.initializer}
+    assert list(a.graph.input) == list(b.graph.input)
+    assert [n.op_type for n in b.graph.node if n.op_type != "Constant"] == ["Conv", "Unsqueeze", "Mul", "Clip"]
+    assert len(next(n for n in b.graph.node if n.op_type == "Unsqueeze").input) == 2  # axes became an input
+    out = graphs.run(b, x=X)[0]
+    assert np.array_equal(out, graphs.run(a, x=X)[0])
+    assert np.array_equal(out, graphs.run(proto, x=X)[0])
 
 
 # --- freeze_initializer_inputs, fold_constants ----------------------------------------------

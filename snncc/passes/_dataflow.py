@@ -79,6 +79,18 @@ def analyse(graph: ir.Graph, static_batch: int | None = None) -> Dataflow:
     for node in reversed(nodes):
         if is_activation(node) or any(use.node in feeds for out in node.outputs for use in out.uses()):
             feeds.add(node)
+    flow = Dataflow(_regions(graph, nodes, feeds), feeds)
+    for value in graph.inputs:
+        if value.shape is None or len(value.shape):
+            flow.batch_axis[value] = 0
+    for node in nodes:
+        _follow_batch_axis(flow, node, static_batch)
+    return flow
+
+
+def _regions(graph: ir.Graph, nodes: list[ir.Node], feeds: set[ir.Node]) -> dict[ir.Value, Region]:
+    """The region of every node output (and graph input), `nodes` in topological order; a value
+    produced by no node and not a graph input (an initializer) is CONSTANT."""
     region: dict[ir.Value, Region] = {v: Region.ANALOG for v in graph.inputs}
     for node in nodes:
         if is_activation(node):
@@ -92,13 +104,13 @@ def analyse(graph: ir.Graph, static_batch: int | None = None) -> Dataflow:
                 kind = Region.ANALOG
         for out in node.outputs:
             region[out] = kind
-    flow = Dataflow(region, feeds)
-    for value in graph.inputs:
-        if value.shape is None or len(value.shape):
-            flow.batch_axis[value] = 0
-    for node in nodes:
-        _follow_batch_axis(flow, node, static_batch)
-    return flow
+    return region
+
+
+def shape_or_constant_values(graph: ir.Graph) -> set[ir.Value]:
+    """The node outputs computed only from constants and tensor shapes (CONSTANT or SHAPE): not data."""
+    return {value for value, kind in _regions(graph, list(graph), set()).items()
+            if kind in (Region.CONSTANT, Region.SHAPE)}
 
 
 def _follow_batch_axis(flow: Dataflow, node: ir.Node, static_batch: int | None) -> None:

@@ -71,10 +71,11 @@ def attr(node: ir.Node, name: str, default=None):
 
 
 def add_initializer(graph: ir.Graph, names: NameGenerator, base: str, array: np.ndarray) -> ir.Value:
-    """A new initializer holding `array`."""
+    """A new initializer holding `array` (ir.Tensor, as ir.tensor makes of an array, without its
+    checks against the tensor protocols, which cost more than the rest on a big graph)."""
     name = names(base)
     value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+                     const_value=ir.Tensor(array, name=name))
     graph.register_initializer(value)
     return value
 
@@ -90,12 +91,13 @@ def replace_node(graph: ir.Graph, old: ir.Node, new_nodes: list[ir.Node], new_ou
     )
 
 
-def infer_shapes(model: ir.Model) -> None:
+def infer_shapes(model: ir.Model) -> bool:
     """onnx's shape inference (strict, with data propagation) written onto the main graph's values;
     a value keeps its shape and type where inference finds none, and the model is left as it was
-    if inference fails. What onnx_ir's ShapeInferencePass does, at a fraction of its cost on big
-    graphs: the large initializers are left out of the serialised copy as there, and the results
-    are read from the inferred value infos instead of deserialising a second model."""
+    if inference fails. True when some node output's shape or type changed. What onnx_ir's
+    ShapeInferencePass does, at a fraction of its cost on big graphs: the large initializers are
+    left out of the serialised copy as there, and the results are read from the inferred value
+    infos instead of deserialising a second model."""
 
     def infer(proto: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
@@ -104,18 +106,20 @@ def infer_shapes(model: ir.Model) -> None:
         inferred = _c_api_utils.call_onnx_api(infer, model)
     except Exception as error:  # noqa: BLE001 (onnx raises several types; the model stays usable)
         logging.getLogger(__name__).warning("shape inference failed: %s; shapes left as they were", error)
-        return
+        return False
     types = {info.name: info.type for info in (*inferred.graph.value_info, *inferred.graph.output)}
+    changed = False
     for node in model.graph:
         for value in node.outputs:
             found = types.get(value.name)
             if found is None or not found.HasField("tensor_type"):
                 continue
             shape = ir.serde.deserialize_type_proto_for_shape(found)
-            if shape is not None:
-                value.shape = shape
-            if found.tensor_type.elem_type:
-                value.dtype = ir.DataType(found.tensor_type.elem_type)
+            if shape is not None and shape != value.shape:
+                value.shape, changed = shape, True
+            if found.tensor_type.elem_type and found.tensor_type.elem_type != value.dtype:
+                value.dtype, changed = ir.DataType(found.tensor_type.elem_type), True
+    return changed
 
 
 def replace_with_initializer(graph: ir.Graph, node: ir.Node, index: int, array: np.ndarray, suffix: str) -> None:

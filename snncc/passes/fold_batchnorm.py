@@ -84,12 +84,12 @@ class FoldBatchNormPass(ir.passes.InPlacePass):
         if producer.op_type == "Gemm":  # Y = alpha·A·B + beta·C: beta goes into the folded bias
             bias = bias * _attr(producer, "beta", 1.0)
         dtype = weight_array.dtype
-        weights.const_value = ir.tensor(_scaled_weights(producer, weight_array, scale.astype(dtype)), name=weights.name)
+        weights.const_value = ir.Tensor(_scaled_weights(producer, weight_array, scale.astype(dtype)), name=weights.name)
         new_bias = ((bias - mean) * scale + beta).astype(dtype)
         if bias_value is None:
             bias_value = add_initializer(graph, names, f"{weights.name}_bias", new_bias)
         else:
-            bias_value.const_value = ir.tensor(new_bias, name=bias_value.name)
+            bias_value.const_value = ir.Tensor(new_bias, name=bias_value.name)
             bias_value.shape = ir.Shape(new_bias.shape)
         attributes = [a for name, a in producer.attributes.items() if name != "beta"]
         fused = ir.Node("", producer.op_type, [producer.inputs[0], weights, bias_value], attributes,

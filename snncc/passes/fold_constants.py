@@ -77,7 +77,7 @@ def _fold_static_shape_reads(graph: ir.Graph) -> bool:
             continue
         out = node.outputs[0]
         name = names(f"{out.name}_static")
-        constant = ir.Value(name=name, const_value=ir.tensor(value, name=name), shape=ir.Shape(value.shape),
+        constant = ir.Value(name=name, const_value=ir.Tensor(value, name=name), shape=ir.Shape(value.shape),
                             type=ir.TensorType(ir.DataType.INT64))
         graph.register_initializer(constant)
         ir.convenience.replace_all_uses_with(out, constant)
@@ -95,16 +95,23 @@ def _fold_small_constant_of_shape(node: ir.Node) -> bool | None:
 
 
 class FoldConstantsPass(ir.passes.InPlacePass):
+    """Rounds of graph-wide shape inference, onnxscript's folder and static shape reads until one
+    changes nothing. A round after one where only the folder changed the graph is not run when
+    its shape inference changes no shape either: the folder would then see its own output again,
+    on which it finds nothing (it folds in topological order, so one sweep reaches its fixed point)."""
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        modified = False
+        modified = only_folder = False
         for _ in range(_MAX_ROUNDS):
-            infer_shapes(model)
-            changed = bool(optimizer.fold_constants(model, onnx_shape_inference=True,
-                                                             should_fold=_fold_small_constant_of_shape).modified)
-            changed |= _fold_static_shape_reads(model.graph)
-            optimizer.remove_unused_nodes(model)
-            modified |= changed
-            if not changed:
+            if not infer_shapes(model) and only_folder:
                 break
+            folded = bool(optimizer.fold_constants(model, onnx_shape_inference=True,
+                                                   should_fold=_fold_small_constant_of_shape).modified)
+            read = _fold_static_shape_reads(model.graph)
+            optimizer.remove_unused_nodes(model)
+            modified |= folded or read
+            if not (folded or read):
+                break
+            only_folder = not read
         common_passes.LiftConstantsToInitializersPass(size_limit=0)(model)
         return ir.passes.PassResult(model, modified=modified)

@@ -24,6 +24,7 @@ from onnxscript.rewriter._basics import MatchResult
 from onnxscript.rewriter._rewrite_rule import RewriteRuleClassBase
 
 from snncc.passes._activation import CLIP, INTERNAL_DOMAIN, OP_TYPE, QCFS, RELU, Activation
+from snncc.passes._dataflow import shape_or_constant_values
 from snncc.passes._graph import const_array, tag
 
 PASS_NAME = "match_activations"
@@ -47,16 +48,6 @@ def _channel_vector(array: np.ndarray, rank: int | None) -> np.ndarray | None:
 
 
 _FLOAT_TYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.BFLOAT16, ir.DataType.DOUBLE})
-
-
-def shape_or_constant_values(graph: ir.Graph) -> set[ir.Value]:
-    """Values computed only from constants and tensor shapes (Shape, Size), not from data."""
-    found: set[ir.Value] = set()
-    for node in graph:
-        if (node.domain == "" and node.op_type in ("Shape", "Size")) or all(
-                v is None or v in found or (v.producer() is None and not v.is_graph_input()) for v in node.inputs):
-            found.update(node.outputs)
-    return found
 
 
 class _DataPathRule(RewriteRuleClassBase):
