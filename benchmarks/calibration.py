@@ -1,13 +1,16 @@
 """Calibration modes: accuracy and cost against plain ANN inference over the calibration set.
 
 `--modes` (the table in docs/results.md): for each model, T and calibration mode ('paper': max
-thresholds + DA-QCFS; 'layerwise'; 'ridge'; see snncc/calibration/pipeline.py), the SNN's top-1
+thresholds + DA-QCFS; 'layerwise'; 'ridge'; 'reconstruct'; see snncc/calibration/pipeline.py), the SNN's top-1
 accuracy on the 10k test images (folded graphs) and the cost of `compile --calib` as a multiple of
 one ANN inference pass over the same calibration images, both timed in the same process. Rows are
-appended to the JSON as they finish, so a cut run still renders (`--render JSON`).
+appended to the JSON as they finish, so a cut run still renders (`--render JSON`); each row records
+the commit it was measured at. `--resume` keeps the JSON's rows and runs the grid's missing cells;
+`--rerun` runs the grid's cells again, replacing their rows (e.g. after a mode changed). The section
+also shows the QDQ rows of `benchmarks/qdq.py --json benchmarks/qdq.json` where that file exists.
 
     python benchmarks/calibration.py --modes --json out.json --write-docs
-        [--grid fmnist_relu_vgg:1,2,4:paper,layerwise,ridge ...] [--calib-samples 10000]
+        [--grid fmnist_relu_vgg:1,2,4:paper,layerwise,ridge,reconstruct ...] [--calib-samples 10000] [--resume | --rerun]
 
 Without `--modes`, the cost of the paper pipeline's steps, side by side in one run:
 
@@ -29,6 +32,7 @@ import json
 import os
 import platform
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,13 +52,18 @@ from snncc.session import make_session
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "results.md"
 START, END = "<!-- calibration-modes:start -->", "<!-- calibration-modes:end -->"
+QDQ_JSON = REPO / "benchmarks" / "qdq.json"
+MODES = ("paper", "layerwise", "ridge", "reconstruct")
 # model stem: (dataset, T values, modes)
 DEFAULT_GRID = [  # in order of priority: a cut run keeps the first
     "fmnist_relu_vgg:1,2,4,8:ridge,paper",
+    "fmnist_relu_vgg:1,2,4:reconstruct",
     "fmnist_qcfs_vgg_t4:2:ridge,paper",
-    "mnist_relu_vgg:1,2:ridge,paper",
+    "mnist_relu_vgg:1,2:ridge,paper,reconstruct",
     "fmnist_relu_vgg:1,2,4:layerwise",
     "fmnist_relu_vgg:3,16:ridge,paper",
+    "fmnist_qcfs_vgg_t4:2:reconstruct",
+    "fmnist_relu_vgg:3,8,16:reconstruct",
     "fmnist_qcfs_vgg_t4:1,3,8:ridge,layerwise,paper",
     "mnist_relu_vgg:4,8:ridge,paper",
 ]
@@ -81,8 +90,14 @@ def modes_table(args) -> None:
     from snncc.calibration.pipeline import auto_mode
     from snncc.evaluate import top_k_accuracy
 
-    report = json.loads(args.json.read_text()) if args.json and args.json.exists() and args.resume else {"rows": [], "ann": {}}
+    keep = args.json and args.json.exists() and (args.resume or args.rerun)
+    report = json.loads(args.json.read_text()) if keep else {"rows": [], "ann": {}}
+    if args.rerun:
+        cells = {(stem, int(T), mode) for stem, steps, modes in (item.split(":") for item in args.grid)
+                 for T in steps.split(",") for mode in modes.split(",")}
+        report["rows"] = [r for r in report["rows"] if (r["model"], r["T"], r["mode"]) not in cells]
     done = {(r["model"], r["T"], r["mode"]) for r in report["rows"]}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     report.update(machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
                   calibration_samples=args.calib_samples)
     for item in args.grid:
@@ -106,7 +121,8 @@ def modes_table(args) -> None:
                 accuracy = top_k_accuracy(predict(make_session(result.model), x_test, 500, label=f"{stem} T={T} {mode}"), y_test)
                 report["rows"].append({"model": stem, "T": T, "mode": mode, "auto": auto_mode(T) == mode,
                                        "top1": accuracy, "seconds": round(seconds, 2),
-                                       "cost": round(seconds / ann_seconds, 2), "cpu_cost": round(cpu / ann_cpu, 2)})
+                                       "cost": round(seconds / ann_seconds, 2), "cpu_cost": round(cpu / ann_cpu, 2),
+                                       "commit": commit})
                 print(json.dumps(report["rows"][-1]), file=sys.stderr, flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -130,11 +146,12 @@ def render_modes(report: dict) -> str:
         "threads (`w`: wall-clock instead, from runs before CPU time was recorded; the machine was shared by",
         f"other jobs, so wall-clock ratios are noisy). Machine: {report['machine']}. Modes: `paper` = max thresholds + DA-QCFS (Algorithm 1);",
         "`layerwise` = progressive per-channel θ_pre/θ_post/ψ search with bias correction + least-squares read-out;",
-        "`ridge` = the same + ridge refit of the weights feeding each neuron. ★ marks the mode `--calibrate auto`",
+        "`ridge` = the same + ridge refit of the weights feeding each neuron; `reconstruct` = `ridge`, then gradient",
+        "block reconstruction (docs/reconstruction.md; needs torch). ★ marks the mode `--calibrate auto`",
         "(the CLI default) picks at that T.",
         "",
     ]
-    modes = [m for m in ("paper", "layerwise", "ridge") if any(r["mode"] == m for r in report["rows"])]
+    modes = [m for m in MODES if any(r["mode"] == m for r in report["rows"])]
     lines += ["| model | ANN top-1 % | T | " + " | ".join(modes) + " |", "|---|---:|---:|" + "---:|" * len(modes)]
     keys = sorted({(r["model"], r["T"]) for r in report["rows"]}, key=lambda k: (k[0], k[1]))
     for stem, T in keys:
@@ -145,8 +162,30 @@ def render_modes(report: dict) -> str:
             cells.append("–" if row is None else f"{100 * row['top1']:.2f} ({100 * (row['top1'] - ann):+.2f}) · "
                          f"{_cost(row)}{' ★' if row['auto'] else ''}")
         lines.append(f"| {stem} | {100 * ann:.2f} | {T} | " + " | ".join(cells) + " |")
-    return "\n".join(lines + ["", "Against the targets of issue #19 (drop in points vs the ANN; cost in ANN passes):", ""]
-                     + [f"- {line}" for line in target_lines(report)])
+    return "\n".join(lines + ["", provenance(report), "", "Against the targets of issue #19 (drop in points vs the ANN; cost in ANN passes):", ""]
+                     + [f"- {line}" for line in target_lines(report)] + qdq_lines())
+
+
+def provenance(report: dict) -> str:
+    """Which rows were measured at which commit (rows from before commits were recorded: 'earlier')."""
+    cells: dict[str, dict[tuple[str, str], list[int]]] = {}
+    for r in report["rows"]:
+        cells.setdefault(r.get("commit", "earlier (not recorded)"), {}).setdefault((r["model"], r["mode"]), []).append(r["T"])
+    return "Rows by the commit they were measured at: " + "; ".join(
+        f"{commit}: " + ", ".join(f"{stem} {mode} T={','.join(map(str, sorted(ts)))}" for (stem, mode), ts in groups.items())
+        for commit, groups in cells.items()) + "."
+
+
+def qdq_lines() -> list[str]:
+    """The QDQ table of benchmarks/qdq.py, from its JSON, where it exists."""
+    if not QDQ_JSON.exists():
+        return []
+    sys.path.insert(0, str(Path(__file__).parent))
+    from qdq import render_table
+
+    return ["", "QDQ models (ONNX Runtime `quantize_static`, QDQ format) compiled at T = levels without calibration,",
+            "against the QDQ model on ONNX Runtime over the 10k test images (`python benchmarks/qdq.py --json benchmarks/qdq.json`):",
+            ""] + render_table(json.loads(QDQ_JSON.read_text()))
 
 
 # (what, model, T, which mode: 'auto' or 'best', largest drop in points)
@@ -194,6 +233,7 @@ def main() -> None:
     parser.add_argument("--grid", nargs="+", default=DEFAULT_GRID, help="MODEL_STEM:T,T,...:MODE,MODE,... items")
     parser.add_argument("--calib-samples", type=int, default=10000)
     parser.add_argument("--resume", action="store_true", help="--modes: keep the rows already in --json")
+    parser.add_argument("--rerun", action="store_true", help="--modes: keep the rows in --json except the grid's, which run again")
     parser.add_argument("--render", type=Path, nargs="+", help="--modes: no run, render the table from these JSONs (rows merged)")
     parser.add_argument("--write-docs", action="store_true", help=f"--modes: replace the section of {DOCS.name} between its markers")
     parser.add_argument("--model", type=Path, default=REPO / "models" / "fmnist_relu_vgg.onnx")

@@ -6,6 +6,8 @@
 - 'layerwise': progressive per-layer search of θ_pre, θ_post, ψ with bias correction and a
   least-squares read-out layer (`layerwise`); 'ridge': the same with a closed-form ridge refit of
   the weights feeding each neuron. Both change weights inside the compiled model only.
+- 'reconstruct': 'ridge' here; the compiler then refines it by gradient block reconstruction
+  (`reconstruct`, needs torch), the best mode at few time-steps.
 - 'auto': the mode `auto_mode` picks for T (measured in docs/results.md).
 - QCFS at T = T̃ is lossless already: calibration there is skipped.
 
@@ -34,7 +36,8 @@ CASE_RELU_THRESHOLDS = "relu-thresholds"
 CASE_RELU_CALIBRATED = "relu-da-qcfs"
 CASE_QCFS_CALIBRATED = "qcfs-da-qcfs"
 
-MODES = ("auto", "paper", "thresholds", "layerwise", "ridge")
+MODES = ("auto", "paper", "thresholds", "layerwise", "ridge", "reconstruct")
+LAYERWISE_MODES = ("layerwise", "ridge", "reconstruct")
 
 
 def auto_mode(steps: int) -> str:
@@ -81,7 +84,7 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
     targets = [n for n in activations if read_activation(n).kind != QCFS or get_parameters(n).case != "qcfs-lossless"]
     mode = options.resolved_mode(steps)
-    if mode in ("layerwise", "ridge"):
+    if mode in LAYERWISE_MODES:
         return _calibrate_layerwise(model, data, steps, options, mode, targets)
     forced = options.da_qcfs if options.da_qcfs is not None else (None if options.mode == "paper" else True)
     run_da_qcfs = (forced if forced is not None else uses_relu) and mode == "paper" and bool(targets)
@@ -118,6 +121,6 @@ def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, opt
     summary = {}
     if targets:
         head = "keep" if options.keep_head else "lstsq"
-        summary = calibrate_layerwise(model, data, steps, tops, targets, mode == "ridge", head, RECORDING_BATCH)
+        summary = calibrate_layerwise(model, data, steps, tops, targets, mode != "layerwise", head, RECORDING_BATCH)
     return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
             "da_qcfs": False, "momentum": None, **summary}
