@@ -21,10 +21,6 @@ import onnx_ir as ir
 
 from snncc.passes._graph import replace_with_initializer
 
-# Conv rows (output positions) summed into the normal equations over the whole calibration set.
-MAX_CONV_ROWS = 65_536
-
-
 def supported(node: ir.Node) -> bool:
     """Whether `refit` handles this node: 2-D Conv with explicit pads, plain Gemm, MatMul on constant [K, N]."""
     attrs = {k: a.value for k, a in node.attributes.items()}
@@ -65,6 +61,12 @@ class AffineLayer:
         """[G, K (+1 bias row), Cout_g]."""
         return np.concatenate([self.weights, self.bias], axis=1) if self.has_bias else self.weights
 
+    def rows_per_sample(self, x: np.ndarray, y: np.ndarray) -> int:
+        """Design rows one sample gives with every position: Conv output positions, Gemm/MatMul rows."""
+        if self.node.op_type == "Conv":
+            return int(np.prod(y.shape[2:]))
+        return max(1, x.size // (len(x) * x.shape[-1]))
+
     def rows(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, positions: int) -> tuple[np.ndarray, np.ndarray]:
         """Design rows [G, n, K(+1)] from the layer input x and target rows [G, n, Cout_g] from y
         (an array of the layer's output shape); Conv: `positions` random output positions per sample."""
@@ -84,16 +86,13 @@ class AffineLayer:
         dh, dw = self.attrs.get("dilations", (1, 1))
         pads = self.attrs.get("pads", (0, 0, 0, 0))
         padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-        n, channels = x.shape[:2]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+        windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [n, C, out_h, out_w, kh, kw]
+        n = x.shape[0]
         out_h, out_w = y.shape[2:]
         count = min(positions, out_h * out_w)
         flat = np.stack([rng.choice(out_h * out_w, count, replace=False) for _ in range(n)])  # [n, P]
-        oh, ow = flat // out_w, flat % out_w
-        rows_h = oh[:, :, None] * sh + np.arange(kh)[None, None] * dh  # [n, P, kh]
-        rows_w = ow[:, :, None] * sw + np.arange(kw)[None, None] * dw  # [n, P, kw]
-        sample = np.arange(n)[:, None, None, None, None]
-        patches = padded[sample, np.arange(channels)[None, None, :, None, None],
-                         rows_h[:, :, None, :, None], rows_w[:, :, None, None, :]]  # [n, P, C, kh, kw]
+        patches = windows[np.arange(n)[:, None], :, flat // out_w, flat % out_w]  # [n, P, C, kh, kw]
         patches = patches.reshape(n * count, self.groups, -1).transpose(1, 0, 2)  # [G, nP, K]
         target = y.reshape(n, y.shape[1], -1)[np.arange(n)[:, None], :, flat]  # [n, P, Cout]
         target = target.reshape(n * count, self.groups, -1).transpose(1, 0, 2)
