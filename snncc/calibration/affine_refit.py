@@ -6,7 +6,8 @@ calibration set, it reproduces the ANN's target y_ann:
     W' = argmin ‖[x_q, 1] W' − y_ann‖² + λ ‖W' − W‖²     (ridge towards the original W, b)
        = (XᵀX + λI)⁻¹ (XᵀY + λW);   λ = 0: ordinary least squares (the read-out layer).
 
-Conv layers are unfolded (im2col) at a fixed random sample of output positions per image, per
+λ is chosen among RIDGE_CHOICES by the error on held-out samples (`select_ridge`), then the
+solution is computed on all samples. Conv layers are unfolded (im2col) at a fixed random sample of output positions per image, per
 group; Gemm and MatMul use every row. The normal equations are summed batch by batch, so memory
 does not grow with the calibration set.
 
@@ -20,6 +21,9 @@ import numpy as np
 import onnx_ir as ir
 
 from snncc.passes._graph import replace_with_initializer
+
+# Candidate λ of the ridge refit, relative to the mean diagonal of XᵀX.
+RIDGE_CHOICES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 def supported(node: ir.Node) -> bool:
     """Whether `refit` handles this node: 2-D Conv with explicit pads, plain Gemm, MatMul on constant [K, N]."""
@@ -143,6 +147,17 @@ class NormalEquations:
         self.cross = cross if self.cross is None else self.cross + cross
         self.rows += design.shape[1]
 
+    def merged(self, other: NormalEquations) -> NormalEquations:
+        """The equations of both sets of rows."""
+        result = NormalEquations()
+        result.gram, result.cross, result.rows = self.gram + other.gram, self.cross + other.cross, self.rows + other.rows
+        return result
+
+    def error(self, solution: np.ndarray) -> float:
+        """Σ‖XW − Y‖² over the rows added, less Σ‖Y‖² (which does not depend on W):
+        Σ_g tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY)."""
+        return float(sum(np.sum(w * (gram @ w)) - 2 * np.sum(w * cross) for gram, cross, w in zip(self.gram, self.cross, solution)))
+
     def finite(self) -> bool:
         """Whether the sums are finite (inputs with NaN, or products beyond float32, make them not)."""
         return bool(np.isfinite(self.gram).all() and np.isfinite(self.cross).all())
@@ -158,3 +173,10 @@ class NormalEquations:
             lam = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
             solutions.append(np.linalg.solve(gram + lam * np.eye(len(gram)), cross + lam * prior_g))
         return np.stack(solutions)
+
+
+def select_ridge(fit: NormalEquations, held_out: NormalEquations, prior: np.ndarray,
+                 choices: tuple[float, ...] = RIDGE_CHOICES) -> float:
+    """The λ among `choices` whose solution on the `fit` rows has the least error on the `held_out` rows."""
+    errors = [held_out.error(fit.solve(prior, ridge)) for ridge in choices]
+    return choices[int(np.argmin(errors))]

@@ -34,7 +34,7 @@ import numpy as np
 import onnx_ir as ir
 
 from snncc.ann_graph import EmitActivation, copy_model, da_qcfs_activation, original_activation
-from snncc.calibration.affine_refit import AffineLayer, NormalEquations, supported
+from snncc.calibration.affine_refit import AffineLayer, RIDGE_CHOICES, NormalEquations, select_ridge, supported
 from snncc.calibration.dataset import CalibrationData
 from snncc.calibration.layer_graph import affine_producer, neuron_inputs, read_out_layers, segment_model, synaptic_inputs
 from snncc.calibration.neuron_search import OutputErrorStatistics
@@ -45,8 +45,8 @@ from snncc.passes._graph import source_of
 CASE_RELU_LAYERWISE = "relu-layerwise"
 CASE_QCFS_LAYERWISE = "qcfs-layerwise"
 HEADS = ("lstsq", "keep")
-# λ of the ridge refit, relative to the mean diagonal of XᵀX.
-RIDGE = 0.05
+# The share of the refit samples held out to choose the ridge λ (`affine_refit.select_ridge`).
+HELD_OUT = 0.25
 # The refits (ridge and read-out) read the first samples that give MAX_ROWS rows of the normal
 # equations (tens of rows per weight), but at least REFIT_SAMPLES samples, so that Conv rows come from
 # many images; the passes cost less than over the whole set.
@@ -93,14 +93,17 @@ def _refittable(node: ir.Node | None) -> bool:
 
 
 def _refit(quantised: _Path, reference: _Path, inputs: list[str], layer: AffineLayer, value_name: str,
-           ridge: float, label: str) -> None:
+           ridge: bool, label: str) -> float:
     """Refit `layer` on its quantised input towards its quantised output + (ANN − quantised) of the
     value `value_name` (from the cuts `inputs`; the ANN's taken as stored where it is): the layer's
-    own output, or the Add of it and other terms that it feeds. Reads the first samples that give
-    MAX_ROWS rows, at least REFIT_SAMPLES of them (Conv: that many random output positions each)."""
+    own output, or the Add of it and other terms that it feeds. By ridge regression towards the
+    original weights with λ chosen on held-out samples (`ridge`; the largest λ when too few samples
+    to hold some out), else by least squares. Reads the
+    first samples that give MAX_ROWS rows, at least REFIT_SAMPLES of them (Conv: that many random
+    output positions each). Returns λ."""
     node = layer.node
     rng = np.random.default_rng(0)
-    equations = NormalEquations()
+    fit, held_out = NormalEquations(), NormalEquations()
     ann_inputs = [value_name] if value_name in reference.values else inputs
     samples = positions = None
     read = 0
@@ -111,14 +114,21 @@ def _refit(quantised: _Path, reference: _Path, inputs: list[str], layer: AffineL
             samples = min(quantised.count, max(REFIT_SAMPLES, -(-MAX_ROWS // per_sample)))
             positions = max(1, MAX_ROWS // samples)
         take = min(len(x), samples - read)
-        equations.add(*layer.rows(x[:take], (y + (z_ann - z_q))[:take], rng, positions))
+        x, target = x[:take], (y + (z_ann - z_q))[:take]
+        held = rng.random(take) < HELD_OUT if ridge else np.zeros(take, bool)
+        fit.add(*layer.rows(x[~held], target[~held], rng, positions))
+        if held.any():
+            held_out.add(*layer.rows(x[held], target[held], rng, positions))
         read += take
         if read >= samples:
             break
+    equations = fit.merged(held_out) if held_out.rows else fit
     if not equations.finite():
         raise SnnccError(f"calibration: {label}: the layer's inputs or targets are not finite in float32 (NaN, "
                          "infinity or overflow) on the calibration data: check the model's weights and the data")
-    layer.write(quantised.model.graph, equations.solve(layer.parameters(), ridge))
+    lam = (select_ridge(fit, held_out, layer.parameters()) if held_out.rows else max(RIDGE_CHOICES)) if ridge else 0.0
+    layer.write(quantised.model.graph, equations.solve(layer.parameters(), lam))
+    return lam
 
 
 def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops: dict[str, np.ndarray],
@@ -139,10 +149,10 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
     cuts = [[v.name for v in neuron_inputs(n.inputs[0] if is_activation(n) else n.outputs[0])] for n in layers]
     last_use = {name: i for i, names in enumerate(cuts) for name in names}
     target_names = {n.name for n in targets}
-    refit, corrected = [], []
+    refit, corrected = {}, []  # refit: λ per layer
     for i, node in enumerate(progress(layers, f"layer-wise calibration T={steps}", unit="layer")):
         if not is_activation(node):
-            _refit(quantised, reference, cuts[i], AffineLayer(node), node.outputs[0].name, 0.0, f"least-squares head {node.name}")
+            _refit(quantised, reference, cuts[i], AffineLayer(node), node.outputs[0].name, False, f"least-squares head {node.name}")
         elif node.name not in target_names:  # calibrated already (QCFS at T = T̃): carried along
             z_name = node.inputs[0].name
             for path in (reference, quantised):
@@ -154,12 +164,13 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
             if last_use[name] == i:
                 quantised.drop(name)
                 reference.drop(name)
-    return {"layerwise": True, "ridge": RIDGE if ridge else None, "refit": refit, "bias_corrected": corrected,
+    return {"layerwise": True, "ridge": "held-out" if ridge else None, "refit": list(refit), "ridge_lambda": refit,
+            "bias_corrected": corrected,
             "head": head, "head_layers": [n.name for n in heads]}
 
 
 def _fit_activation(quantised: _Path, reference: _Path, inputs: list[str], node: ir.Node, steps: int,
-                    top: np.ndarray | None, ridge: bool, refit: list[str], corrected: list[str]) -> None:
+                    top: np.ndarray | None, ridge: bool, refit: dict[str, float], corrected: list[str]) -> None:
     """Refit the layer feeding `node` (ridge), search its neuron parameters, correct the bias; keep
     its input current on both paths for the next layers. `top`: the upper end of the θ search
     (None: the ANN's per-channel maximum output)."""
@@ -171,8 +182,7 @@ def _fit_activation(quantised: _Path, reference: _Path, inputs: list[str], node:
     top = np.maximum(maximum, 0) if top is None else top
     affine = affine_producer(node)
     if ridge and _refittable(affine):
-        _refit(quantised, reference, inputs, AffineLayer(affine), z_name, RIDGE, f"ridge refit {affine.name}")
-        refit.append(affine.name)
+        refit[affine.name] = _refit(quantised, reference, inputs, AffineLayer(affine), z_name, True, f"ridge refit {affine.name}")
     statistics = OutputErrorStatistics(top)
     for (z_q,), (z_ann, r) in zip(quantised.run(inputs, [z_name], keep=z_name), reference.run([z_name], [z_name, out_name])):
         if not (np.isfinite(z_q).all() and np.isfinite(z_ann).all()):
