@@ -112,15 +112,13 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
 
 def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions,
                          mode: str, targets: list[ir.Node]) -> dict:
-    """Record the ANN's thresholds (the upper end of the θ search), then fit layer by layer."""
-    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps)
-    for node in model.graph:
-        if node.name in recorded:  # the start: thresholds only
-            set_parameters(node, _silent_safe(recorded[node.name]))
-    tops = reference_thresholds(model, recorded)
+    """Fit layer by layer. The upper end of each θ search is the ANN's per-channel maximum, found on
+    the way; thresholds other than the maximum are recorded first."""
+    recorded = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps) if options.threshold.needs_histograms() else {}
     summary = {}
     if targets:
         head = "keep" if options.keep_head else "lstsq"
-        summary = calibrate_layerwise(model, data, steps, tops, targets, mode != "layerwise", head, RECORDING_BATCH)
-    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
+        summary = calibrate_layerwise(model, data, steps, recorded, targets, mode != "layerwise", head, RECORDING_BATCH)
+    relu = any(read_activation(n).kind != QCFS for n in targets)
+    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if relu else "from QCFS",
             "da_qcfs": False, "momentum": None, **summary}
