@@ -46,7 +46,6 @@ class ReconstructOptions:
     batch_size: int = 64
     samples: int = 2048  # the first calibration samples used (all activations are kept in memory)
     learning_rate: float = 1e-2  # on parameters scaled to their own size (see _Scaled)
-    schedule: str = "constant"  # or 'cosine': the learning rate decays to 0 over the iterations
     weights: bool = True  # also refine the weights (not only the biases) of the affine layers of each block
     seed: int = 0
 
@@ -277,15 +276,12 @@ def _refine(torch, graph: ir.Graph, block: _Block, snn_env: dict, ann_env: dict,
     with torch.no_grad():
         start = float(loss(forward(everything), everything))
     optimiser = torch.optim.Adam([p.u for group in trainable.values() for p in group], lr=options.learning_rate)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, options.iterations) if options.schedule == "cosine" else None
     for _ in range(options.iterations):
         index = rng.choice(everything.size, min(options.batch_size, everything.size), replace=False)
         value = loss(forward(index), index)
         optimiser.zero_grad()
         value.backward()
         optimiser.step()
-        if scheduler is not None:
-            scheduler.step()
     with torch.no_grad():
         env = forward(everything)
         end = float(loss(env, everything))
