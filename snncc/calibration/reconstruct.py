@@ -11,10 +11,10 @@ minimises the mean squared error between those next input currents
   output θ_post·k/T, on the outputs of the already refined earlier neurons, and
 - as the ANN computes them (its activations: ReLU, Clip, QCFS at T̃), on its own values,
 
-over θ_pre, θ_post, ψ of l (per channel) and the biases of the Conv / Gemm / MatMul feeding l and
-of those feeding the next neurons or the outputs (`layer_graph.affine_producer`,
-`read_out_layers`; with `weights=True` their weights too), with a straight-through estimator for
-the floor. Minibatches come from the first `samples` calibration samples; a block's result is
+over θ_pre, θ_post, ψ of l (per channel) and the weights and biases of the Conv / Gemm / MatMul
+feeding l and of those feeding the next neurons or the outputs (`layer_graph.affine_producer`,
+`read_out_layers`; with `weights=False` their biases only), with a straight-through estimator for
+the floor. The calibration mode 'reconstruct' is 'ridge' followed by this with the defaults. Minibatches come from the first `samples` calibration samples; a block's result is
 kept only if it lowers the block's error on all of them.
 
 Invariant: afterwards every activation still carries neuron parameters (θ_pre > 0), the model
