@@ -72,6 +72,19 @@ def measure(dataset: str, kind: str, samples: int, calib: int, folder: Path) -> 
             "images_with_logits_differing": int(np.sum(np.any(qdq != snn, axis=1)))}
 
 
+def render_table(rows: list[dict]) -> list[str]:
+    """The markdown table of `measure`'s rows."""
+    lines = ["| model | Q/DQ | T | ANN acc | QDQ acc | SNN acc | argmax agreement | disagreements (at QDQ ties) "
+             "| max logit diff (steps) | images with any logit differing |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['type']} | {r['T']} | {100 * r['ann_accuracy']:.2f} | {100 * r['qdq_accuracy']:.2f} "
+                     f"| {100 * r['snn_accuracy']:.2f} | {100 * r['argmax_agreement']:.2f}% | {r['disagreements']} "
+                     f"({r['disagreements_at_qdq_ties']}) | {r['max_logit_difference']:.4g} "
+                     f"({r['max_logit_difference'] / r['logit_step']:.2f}) | {r['images_with_logits_differing']} |")
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=10000)
@@ -80,14 +93,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         rows = [measure(d, k, args.samples, args.calib, Path(folder)) for d in MODELS for k in TYPES]
-    print("| model | Q/DQ | T | ANN acc | QDQ acc | SNN acc | argmax agreement | disagreements (at QDQ ties) "
-          "| max logit diff (steps) | images with any logit differing |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['dataset']} | {r['type']} | {r['T']} | {100 * r['ann_accuracy']:.2f} | {100 * r['qdq_accuracy']:.2f} "
-              f"| {100 * r['snn_accuracy']:.2f} | {100 * r['argmax_agreement']:.2f}% | {r['disagreements']} "
-              f"({r['disagreements_at_qdq_ties']}) | {r['max_logit_difference']:.4g} "
-              f"({r['max_logit_difference'] / r['logit_step']:.2f}) | {r['images_with_logits_differing']} |")
+    print("\n".join(render_table(rows)))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

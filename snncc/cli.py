@@ -140,10 +140,11 @@ def _print_qdq_summary(model) -> None:
 @click.option("--preprocess", help="For image folders: e.g. 'resize=32,crop=28,mean=0.5,std=0.25'.")
 @click.option("--threshold", default="max", show_default=True, help="ReLU thresholds: 'max', a percentile such as p99.9, or 'mse' (least quantisation error at T).")
 @click.option("--calibrate", "calibrate", is_flag=False, flag_value="auto", default="auto", show_default=True,
-              type=click.Choice(["auto", "paper", "thresholds", "layerwise", "ridge"]),
+              type=click.Choice(["auto", "paper", "thresholds", "layerwise", "ridge", "reconstruct"]),
               help="Calibration mode: 'auto' picks by T (docs/results.md); 'paper': max thresholds + DA-QCFS; "
                    "'thresholds': thresholds only; 'layerwise': per-layer θ/ψ fit + least-squares read-out; "
-                   "'ridge': the same with a ridge refit of the weights feeding each neuron.")
+                   "'ridge': the same with a ridge refit of the weights feeding each neuron; "
+                   "'reconstruct': 'ridge', then gradient block reconstruction (the best at few T; needs torch: snncc[reconstruct]).")
 @click.option("--no-calibrate", is_flag=True, help="Thresholds only (the same as --calibrate thresholds).")
 @click.option("--keep-head", is_flag=True, help="Layer-wise modes: leave the read-out layer's weights untouched.")
 @click.option("--momentum", type=click.FloatRange(0, 1, max_open=True), default=0.99, show_default=True, help="DA-QCFS momentum α.")
@@ -156,8 +157,10 @@ def _print_qdq_summary(model) -> None:
 @click.option("--fold-time", is_flag=True, help="Run synaptic layers once on rates; neurons output spike counts.")
 @click.option("--emit-spikes", multiple=True, metavar="NAME", help="Also output this neuron layer's spike train (repeatable).")
 @click.option("--reconstruct", "reconstruct_iterations", type=click.IntRange(min=1), metavar="ITERATIONS",
-              help="After calibration, refine each neuron block by gradient (Adam steps per block; needs torch: snncc[reconstruct]).")
-@click.option("--reconstruct-weights", is_flag=True, help="With --reconstruct: refine the weights next to each neuron too, not only biases.")
+              help="After any calibration mode, refine each neuron block by gradient (Adam steps per block; "
+                   "with --calibrate reconstruct: instead of its default; needs torch: snncc[reconstruct]).")
+@click.option("--reconstruct-weights/--reconstruct-biases-only", default=True, show_default=True,
+              help="Reconstruction: refine the weights of the affine layers next to each neuron too, or only their biases.")
 @click.option("--drop-signed-qdq", is_flag=True,
               help="QDQ models: drop Q/DQ pairs on signed ranges between neurons (the SNN then approximates the model).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -191,10 +194,11 @@ def compile_command(model_path: Path, steps: int, output: Path | None, levels: i
     options = CompileOptions(steps=steps, levels=levels, source=str(model_path), calibration=calibration,
                              neuron=neuron, fold_time=fold_time, emit_spikes=emit_spikes,
                              drop_signed_qdq=drop_signed_qdq)
-    if reconstruct_iterations is not None:
+    if reconstruct_iterations is not None or mode == "reconstruct":
         from snncc.calibration.reconstruct import ReconstructOptions, import_torch
-        import_torch()  # fail before calibrating when torch is missing
-        options = dataclasses.replace(options, reconstruct=ReconstructOptions(reconstruct_iterations, weights=reconstruct_weights))
+        import_torch()  # fail before reading the calibration data when torch is missing
+        reconstruction = ReconstructOptions(reconstruct_iterations or ReconstructOptions.iterations, weights=reconstruct_weights)
+        options = dataclasses.replace(options, reconstruct=reconstruction)
     model = load_model(model_path)
     check_output_path(output, model_path, force)
     data = _load_calibration(model, model_path, calib_spec, calib_samples, preprocess)

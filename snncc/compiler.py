@@ -20,8 +20,8 @@ from snncc import ops
 from snncc.ann_graph import copy_model
 from snncc.batch_dim_names import name_batch_dims
 from snncc.calibration.dataset import CalibrationData, calibration_from_array
-from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
-from snncc.calibration.reconstruct import ReconstructOptions
+from snncc.calibration.pipeline import LAYERWISE_MODES, CalibrationOptions, calibrate_parameters
+from snncc.calibration.reconstruct import ReconstructOptions, import_torch
 from snncc.errors import SnnccError
 from snncc.modelio import without_weights
 from snncc.passes._activation import CLIP, QCFS, RELU, is_activation, read_activation
@@ -150,12 +150,19 @@ def _check_data_needs(model: ir.Model, options: CompileOptions) -> None:
             f"{source}: {len(uncalibrated)} ReLU/Clip activation(s) {listed}{more} need thresholds recorded on "
             "calibration data, and none was given (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)"
         )
-    if options.calibration.da_qcfs or options.calibration.mode in ("layerwise", "ridge"):
+    if options.calibration.da_qcfs or options.calibration.mode in LAYERWISE_MODES:
         raise SnnccError(f"{source}: calibration ({options.calibration.resolved_mode(options.steps)}) needs calibration "
                          "data (a .npy/.npz file, an image folder, an array, or e.g. fashion-mnist:train)")
-    if options.reconstruct is not None:
+    if _reconstruction(options) is not None:
         raise SnnccError(f"{source}: reconstruction needs calibration data (a .npy/.npz file, an image folder, "
                          "an array, or e.g. fashion-mnist:train)")
+
+
+def _reconstruction(options: CompileOptions) -> ReconstructOptions | None:
+    """`options.reconstruct` (`--reconstruct N`, after any mode), else the defaults where the mode is 'reconstruct'."""
+    if options.reconstruct is not None:
+        return options.reconstruct
+    return ReconstructOptions() if options.calibration.resolved_mode(options.steps) == "reconstruct" else None
 
 
 def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) -> CompileResult:
@@ -166,12 +173,15 @@ def compile_model(model: onnx.ModelProto | ir.Model, options: CompileOptions) ->
     calibration = {"done": False}
     if options.calibration_data is not None:
         CheckConvertiblePass(options.source)(graph_model)  # fail before spending time on data
-        original = copy_model(graph_model) if options.reconstruct is not None else None
+        reconstruction = _reconstruction(options)
+        if reconstruction is not None:
+            import_torch()  # fail before calibrating when torch is missing
+        original = copy_model(graph_model) if reconstruction is not None else None
         calibration = calibrate_parameters(graph_model, options.calibration_data, options.steps, options.calibration)
-        if options.reconstruct is not None:
+        if reconstruction is not None:
             from snncc.calibration.reconstruct import reconstruct
             calibration["reconstruct"] = reconstruct(graph_model, original, options.calibration_data, options.steps,
-                                                     options.reconstruct)
+                                                     reconstruction)
     levels = sorted({read_activation(n).levels for n in graph_model.graph
                      if is_activation(n) and read_activation(n).kind == QCFS})
     CheckConvertiblePass(options.source)(graph_model)

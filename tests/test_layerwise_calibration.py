@@ -24,10 +24,10 @@ import pytest
 from snncc.ann_graph import copy_model, da_qcfs_activation, original_activation, quantised_ann
 from snncc.calibration import affine_refit, neuron_search
 from snncc.calibration.dataset import CalibrationData
-from snncc.calibration.layer_graph import affine_producer, prefix_model, synaptic_subgraph
+from snncc.calibration.layer_graph import affine_producer, neuron_inputs, prefix_model, segment_model, synaptic_subgraph
 from snncc.calibration.pipeline import CalibrationOptions, calibrate_parameters
 from snncc.compiler import CompileOptions, analyse_activations, compile_model, to_ir
-from snncc.passes._activation import is_activation
+from snncc.passes._activation import NeuronParameters, is_activation, set_parameters
 from snncc.passes.set_qcfs_parameters import SetQcfsParametersPass
 from tests import equivalence, random_cnn
 from tests.random_cnn import Act, Block, NetSpec
@@ -86,40 +86,44 @@ def test_silent_channel_stays_silent():
     assert fit.theta_post[1] == 0 and fit.psi[1] == 0 and fit.theta_pre[1] > 0 and fit.theta_post[0] > 0
 
 
-def _conv_model(weight, bias, pads, strides, group=1):
+def _conv_model(weight, bias, pads, strides, group=1, dilations=(1, 1)):
     x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)
     y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
     node = onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=pads, strides=strides, group=group,
-                                 kernel_shape=list(weight.shape[2:]))
+                                 dilations=list(dilations), kernel_shape=list(weight.shape[2:]))
     graph = onnx.helper.make_graph([node], "g", [x], [y], [onnx.numpy_helper.from_array(weight, "w"),
                                                            onnx.numpy_helper.from_array(bias, "b")])
     return ir.from_proto(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]))
 
 
-def _numpy_im2col(x, kernel, pads, strides):
+def _numpy_im2col(x, kernel, pads, strides, dilations=(1, 1)):
     """Rows [n·H_out·W_out, C·kh·kw] by explicit loops over output positions."""
     padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
     n, c, h, w = padded.shape
-    out_h, out_w = (h - kernel[0]) // strides[0] + 1, (w - kernel[1]) // strides[1] + 1
+    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    out_h, out_w = (h - span[0]) // strides[0] + 1, (w - span[1]) // strides[1] + 1
     rows = []
     for i in range(n):
         for p in range(out_h):
             for q in range(out_w):
-                patch = padded[i, :, p * strides[0]:p * strides[0] + kernel[0], q * strides[1]:q * strides[1] + kernel[1]]
+                patch = padded[i, :, p * strides[0]:p * strides[0] + span[0]:dilations[0],
+                               q * strides[1]:q * strides[1] + span[1]:dilations[1]]
                 rows.append(patch.reshape(-1))
     return np.array(rows), out_h, out_w
 
 
-@pytest.mark.parametrize("group", [1, 2])
-def test_ridge_refit_equals_the_numpy_closed_form(group):
+@pytest.mark.parametrize("group,dilations", [(1, (1, 1)), (2, (1, 1)), (1, (2, 1))])
+def test_ridge_refit_equals_the_numpy_closed_form(group, dilations):
     rng = np.random.default_rng(1)
     weight = rng.normal(size=(4, 4 // group, 3, 3)).astype(np.float32)
     bias = rng.normal(size=4).astype(np.float32)
     pads, strides = [1, 0, 1, 1], [1, 2]
-    model = _conv_model(weight, bias, pads, strides, group)
+    model = _conv_model(weight, bias, pads, strides, group, dilations)
     node = next(iter(model.graph))
-    x = rng.normal(size=(3, 4, 5, 6)).astype(np.float32)
-    cols, out_h, out_w = _numpy_im2col(x, (3, 3), pads, strides)
+    x = rng.normal(size=(3, 4, 7, 6)).astype(np.float32)
+    cols, out_h, out_w = _numpy_im2col(x, (3, 3), pads, strides, dilations)
+    conv = ort.InferenceSession(ir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    y_conv = conv.run(None, {"x": x})[0].transpose(0, 2, 3, 1).reshape(-1, 4)
     target = rng.normal(size=(3, 4, out_h, out_w)).astype(np.float32)
     layer = affine_refit.AffineLayer(node)
     equations = affine_refit.NormalEquations()
@@ -136,6 +140,7 @@ def test_ridge_refit_equals_the_numpy_closed_form(group):
         gram = design.T @ design
         lam = ridge * np.trace(gram) / len(gram)
         expected = np.linalg.solve(gram + lam * np.eye(len(gram)), design.T @ y_rows[:, outs] + lam * prior)
+        np.testing.assert_allclose(design @ prior, y_conv[:, outs], rtol=1e-4, atol=1e-4)  # the unfolding is the conv
         np.testing.assert_allclose(solution[g], expected, rtol=1e-4, atol=1e-5)
     layer.write(model.graph, solution)
     refit = node.inputs[1].const_value.numpy()
@@ -230,6 +235,33 @@ def test_synaptic_subgraph_maps_the_previous_neurons_to_the_input_current():
         np.testing.assert_allclose(got, values[node.inputs[0].name], rtol=1e-5, atol=1e-5)
 
 
+def test_segments_from_the_neuron_inputs_reproduce_the_quantised_model():
+    """Progressive propagation: a segment cut at `neuron_inputs`, fed the whole model's values there,
+    gives the whole model's input current of the next activation (residual and Concat branches)."""
+    ann = random_cnn.build(RESIDUAL_NET)
+    x = random_cnn.inputs(RESIDUAL_NET, 8, seed=3)
+    model = analyse_activations(to_ir(ann))
+    activations = [n for n in model.graph if is_activation(n)]
+    rng = np.random.default_rng(0)
+    for node in activations:
+        channels = node.inputs[0].shape[1]
+        set_parameters(node, NeuronParameters(rng.uniform(0.5, 1.5, channels).astype(np.float32),
+                                              rng.uniform(0.5, 1.5, channels).astype(np.float32),
+                                              rng.uniform(-0.2, 0.2, channels).astype(np.float32), "test"))
+    emit = da_qcfs_activation(3)
+    names = [n.inputs[0].name for n in activations]
+    whole = equivalence.run(prefix_model(model, emit, names), x)
+    cut_somewhere = False
+    for node in activations:
+        cuts = [v.name for v in neuron_inputs(node.inputs[0])]
+        cut_somewhere |= any(name in whole for name in cuts)
+        session = ort.InferenceSession(segment_model(model, emit, cuts, [node.inputs[0].name]).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        got = session.run(None, {name: whole[name] if name in whole else x for name in cuts})[0]
+        np.testing.assert_allclose(got, whole[node.inputs[0].name], rtol=1e-5, atol=1e-5)
+    assert cut_somewhere
+
+
 def test_layerwise_modes_beat_the_paper_at_low_t_on_fashion_mnist():
     from snncc.data import load
 
@@ -271,3 +303,28 @@ def test_cli_calibration_modes(tmp_path):
         assert (metadata["mode"], metadata.get("head")) == (mode, head), flags
     assert_user_error(snncc("compile", tmp_path / "net.onnx", "--T", 2, "--calib", tmp_path / "calib.npy",
                             "--calibrate", "best"), "best")
+
+
+def test_ridge_choice_minimises_the_numpy_held_out_error():
+    rng = np.random.default_rng(7)
+    k, outs = 6, 2
+    truth = rng.normal(size=(k, outs))
+    prior = truth + rng.normal(0, 0.3, truth.shape)  # the original weights: near the truth
+    x_fit, x_held = rng.normal(size=(10, k)), rng.normal(size=(200, k))
+    y_fit, y_held = (x @ truth + rng.normal(0, 1.0, (len(x), outs)) for x in (x_fit, x_held))
+    fit, held = affine_refit.NormalEquations(), affine_refit.NormalEquations()
+    fit.add(x_fit[None].astype(np.float32), y_fit[None].astype(np.float32))
+    held.add(x_held[None].astype(np.float32), y_held[None].astype(np.float32))
+    choices = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
+    errors = []
+    for ridge in choices:
+        gram = x_fit.T @ x_fit
+        lam = ridge * np.trace(gram) / k
+        w = np.linalg.solve(gram + lam * np.eye(k), x_fit.T @ y_fit + lam * prior)
+        np.testing.assert_allclose(fit.solve(prior[None], ridge)[0], w, rtol=1e-4, atol=1e-5)
+        errors.append(float(((x_held @ w - y_held) ** 2).sum()))
+        # the held-out error up to the constant Σy²
+        np.testing.assert_allclose(held.error(w[None]), errors[-1] - float((y_held ** 2).sum()), rtol=1e-4)
+    best = int(np.argmin(errors))
+    assert 0 < best < len(choices) - 1  # neither end: the choice is made by the data
+    assert affine_refit.select_ridge(fit, held, prior[None], choices) == choices[best]

@@ -6,7 +6,8 @@ calibration set, it reproduces the ANN's target y_ann:
     W' = argmin ‖[x_q, 1] W' − y_ann‖² + λ ‖W' − W‖²     (ridge towards the original W, b)
        = (XᵀX + λI)⁻¹ (XᵀY + λW);   λ = 0: ordinary least squares (the read-out layer).
 
-Conv layers are unfolded (im2col) at a fixed random sample of output positions per image, per
+λ is chosen among RIDGE_CHOICES by the error on held-out samples (`select_ridge`), then the
+solution is computed on all samples. Conv layers are unfolded (im2col) at a fixed random sample of output positions per image, per
 group; Gemm and MatMul use every row. The normal equations are summed batch by batch, so memory
 does not grow with the calibration set.
 
@@ -21,9 +22,8 @@ import onnx_ir as ir
 
 from snncc.passes._graph import replace_with_initializer
 
-# Conv rows (output positions) summed into the normal equations over the whole calibration set.
-MAX_CONV_ROWS = 65_536
-
+# Candidate λ of the ridge refit, relative to the mean diagonal of XᵀX.
+RIDGE_CHOICES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 def supported(node: ir.Node) -> bool:
     """Whether `refit` handles this node: 2-D Conv with explicit pads, plain Gemm, MatMul on constant [K, N]."""
@@ -65,6 +65,12 @@ class AffineLayer:
         """[G, K (+1 bias row), Cout_g]."""
         return np.concatenate([self.weights, self.bias], axis=1) if self.has_bias else self.weights
 
+    def rows_per_sample(self, x: np.ndarray, y: np.ndarray) -> int:
+        """Design rows one sample gives with every position: Conv output positions, Gemm/MatMul rows."""
+        if self.node.op_type == "Conv":
+            return int(np.prod(y.shape[2:]))
+        return max(1, x.size // (len(x) * x.shape[-1]))
+
     def rows(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator, positions: int) -> tuple[np.ndarray, np.ndarray]:
         """Design rows [G, n, K(+1)] from the layer input x and target rows [G, n, Cout_g] from y
         (an array of the layer's output shape); Conv: `positions` random output positions per sample."""
@@ -84,16 +90,13 @@ class AffineLayer:
         dh, dw = self.attrs.get("dilations", (1, 1))
         pads = self.attrs.get("pads", (0, 0, 0, 0))
         padded = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
-        n, channels = x.shape[:2]
+        windows = np.lib.stride_tricks.sliding_window_view(padded, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+        windows = windows[:, :, ::sh, ::sw, ::dh, ::dw]  # [n, C, out_h, out_w, kh, kw]
+        n = x.shape[0]
         out_h, out_w = y.shape[2:]
         count = min(positions, out_h * out_w)
         flat = np.stack([rng.choice(out_h * out_w, count, replace=False) for _ in range(n)])  # [n, P]
-        oh, ow = flat // out_w, flat % out_w
-        rows_h = oh[:, :, None] * sh + np.arange(kh)[None, None] * dh  # [n, P, kh]
-        rows_w = ow[:, :, None] * sw + np.arange(kw)[None, None] * dw  # [n, P, kw]
-        sample = np.arange(n)[:, None, None, None, None]
-        patches = padded[sample, np.arange(channels)[None, None, :, None, None],
-                         rows_h[:, :, None, :, None], rows_w[:, :, None, None, :]]  # [n, P, C, kh, kw]
+        patches = windows[np.arange(n)[:, None], :, flat // out_w, flat % out_w]  # [n, P, C, kh, kw]
         patches = patches.reshape(n * count, self.groups, -1).transpose(1, 0, 2)  # [G, nP, K]
         target = y.reshape(n, y.shape[1], -1)[np.arange(n)[:, None], :, flat]  # [n, P, Cout]
         target = target.reshape(n * count, self.groups, -1).transpose(1, 0, 2)
@@ -144,6 +147,17 @@ class NormalEquations:
         self.cross = cross if self.cross is None else self.cross + cross
         self.rows += design.shape[1]
 
+    def merged(self, other: NormalEquations) -> NormalEquations:
+        """The equations of both sets of rows."""
+        result = NormalEquations()
+        result.gram, result.cross, result.rows = self.gram + other.gram, self.cross + other.cross, self.rows + other.rows
+        return result
+
+    def error(self, solution: np.ndarray) -> float:
+        """Σ‖XW − Y‖² over the rows added, less Σ‖Y‖² (which does not depend on W):
+        Σ_g tr(WᵀXᵀXW) − 2·tr(WᵀXᵀY)."""
+        return float(sum(np.sum(w * (gram @ w)) - 2 * np.sum(w * cross) for gram, cross, w in zip(self.gram, self.cross, solution)))
+
     def finite(self) -> bool:
         """Whether the sums are finite (inputs with NaN, or products beyond float32, make them not)."""
         return bool(np.isfinite(self.gram).all() and np.isfinite(self.cross).all())
@@ -159,3 +173,10 @@ class NormalEquations:
             lam = ridge * max(float(np.trace(gram)) / len(gram), 1e-12)
             solutions.append(np.linalg.solve(gram + lam * np.eye(len(gram)), cross + lam * prior_g))
         return np.stack(solutions)
+
+
+def select_ridge(fit: NormalEquations, held_out: NormalEquations, prior: np.ndarray,
+                 choices: tuple[float, ...] = RIDGE_CHOICES) -> float:
+    """The λ among `choices` whose solution on the `fit` rows has the least error on the `held_out` rows."""
+    errors = [held_out.error(fit.solve(prior, ridge)) for ridge in choices]
+    return choices[int(np.argmin(errors))]

@@ -1,8 +1,10 @@
 """Layer-local views of the analysed model, for calibration that works neuron layer by neuron layer.
 
-- `prefix_model`: the model from its input to some of its values, every activation built by an
-  `emit` function, pruned to the nodes those values need (so a layer early in the network costs a
-  fraction of a whole pass).
+- `segment_model`: the model cut at some of its values (they become its inputs) up to some others,
+  every activation built by an `emit` function, pruned to the nodes those values need;
+  `prefix_model`: the same from the model's own input (so a layer early in the network costs a
+  fraction of a whole pass); `neuron_inputs`: where a segment ending at an input current starts:
+  the input currents of the activations feeding it (and graph inputs).
 - `synaptic_subgraph`: the synaptic layers between neurons: from the outputs of the activations
   (and graph inputs) that feed one activation, without crossing another activation, to that
   activation's input current.
@@ -35,12 +37,34 @@ def _values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
 
 def prefix_model(analysed: ir.Model, emit: EmitActivation, outputs: list[str]) -> onnx.ModelProto:
     """The model from its input to the values named `outputs` (in that order), activations by `emit`."""
+    return segment_model(analysed, emit, None, outputs)
+
+
+def segment_model(analysed: ir.Model, emit: EmitActivation, inputs: list[str] | None, outputs: list[str]) -> onnx.ModelProto:
+    """The part of the model from the values named `inputs` (cut there: they become the graph
+    inputs, in that order; None: the model's own inputs) to the values named `outputs` (in that
+    order; none of them an input), pruned to the nodes the outputs need, its activations by `emit`
+    (so activations outside the segment need not be ready for `emit`)."""
     model = copy_model(analysed)
-    replace_activations(model, emit)
-    values = _values_by_name(model.graph)
-    model.graph.outputs.clear()
-    model.graph.outputs.extend(values[name] for name in outputs)
+    graph = model.graph
+    values = _values_by_name(graph)
+    if inputs is not None:
+        cut = []
+        for name in inputs:
+            old = values[name]
+            if old in graph.inputs:
+                cut.append(old)
+                continue
+            fresh = ir.Value(name=f"{name}.cut", shape=old.shape, type=old.type)
+            ir.convenience.replace_all_uses_with(old, fresh)
+            old.name, fresh.name = f"{name}.uncut", name
+            cut.append(fresh)
+        graph.inputs.clear()
+        graph.inputs.extend(cut)
+    graph.outputs.clear()
+    graph.outputs.extend(values[name] for name in outputs)
     ir.passes.common.RemoveUnusedNodesPass()(model)
+    replace_activations(model, emit)
     return to_runnable_proto(model)
 
 
@@ -62,6 +86,17 @@ def synaptic_inputs(value: ir.Value) -> list[ir.Value]:
     return found
 
 
+def neuron_inputs(value: ir.Value) -> list[ir.Value]:
+    """`synaptic_inputs` with each activation output replaced by that activation's input current:
+    where a model cut before the activations feeding `value` starts (`segment_model`)."""
+    found = []
+    for v in synaptic_inputs(value):
+        v = v if v.producer() is None else v.producer().inputs[0]
+        if v not in found:
+            found.append(v)
+    return found
+
+
 def synaptic_subgraph(analysed: ir.Model, node_name: str, emit: EmitActivation) -> tuple[onnx.ModelProto, list[str], str]:
     """The synaptic layers feeding activation `node_name`: a model whose inputs are the values of
     `synaptic_inputs` (named as in the analysed model) and whose output is the activation's input
@@ -70,26 +105,7 @@ def synaptic_subgraph(analysed: ir.Model, node_name: str, emit: EmitActivation) 
     node = next(n for n in analysed.graph if n.name == node_name)
     input_names = [v.name for v in synaptic_inputs(node.inputs[0])]
     output_name = node.inputs[0].name
-    model = copy_model(analysed)
-    replace_activations(model, emit)
-    graph = model.graph
-    values = _values_by_name(graph)
-    cut = []
-    for name in input_names:
-        old = values[name]
-        if old in graph.inputs:
-            cut.append(old)
-            continue
-        fresh = ir.Value(name=f"{name}.cut", shape=old.shape, type=old.type)
-        ir.convenience.replace_all_uses_with(old, fresh)
-        old.name, fresh.name = f"{name}.uncut", name
-        cut.append(fresh)
-    graph.inputs.clear()
-    graph.inputs.extend(cut)
-    graph.outputs.clear()
-    graph.outputs.append(values[output_name])
-    ir.passes.common.RemoveUnusedNodesPass()(model)
-    return to_runnable_proto(model), input_names, output_name
+    return segment_model(analysed, emit, input_names, [output_name]), input_names, output_name
 
 
 def affine_producer(node: ir.Node) -> ir.Node | None:

@@ -14,8 +14,12 @@ neuron layer already fixed and quantised as the SNN runs it:
 3. finally the read-out layers (`layer_graph.read_out_layers`) are refit by least squares on the
    SNN's features towards the ANN's outputs (`head='lstsq'`), or kept (`head='keep'`).
 
-Each step runs the quantised model and the original ANN from the input to the values it needs
-(`layer_graph.prefix_model`), one pass over the calibration data each.
+The calibration set runs through the model segment by segment (progressive propagation), once on
+the quantised path and once on the ANN's (`_Path`): each path keeps the whole set's values at the
+cuts, the input currents of the activations that later layers still need (the graph input at
+first), and each step runs only the segment from those cuts to the next activation's input current
+(`layer_graph.segment_model`, one small session each). The whole calibration costs about one ANN
+pass per path, plus one more quantised pass over the refit samples.
 
 Invariant: afterwards every target activation carries neuron parameters, the model's other nodes
 compute the same ops (only affine initializers may have changed), and the quantised ANN of the
@@ -24,47 +28,63 @@ returned model (`ann_graph.quantised_ann`) is what the compiled SNN computes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import onnx_ir as ir
 
-from snncc.ann_graph import copy_model, da_qcfs_activation, original_activation
-from snncc.calibration.affine_refit import MAX_CONV_ROWS, AffineLayer, NormalEquations, supported
+from snncc.ann_graph import EmitActivation, copy_model, da_qcfs_activation, original_activation
+from snncc.calibration.affine_refit import AffineLayer, RIDGE_CHOICES, NormalEquations, select_ridge, supported
 from snncc.calibration.dataset import CalibrationData
-from snncc.calibration.layer_graph import affine_producer, prefix_model, read_out_layers, synaptic_inputs
+from snncc.calibration.layer_graph import affine_producer, neuron_inputs, read_out_layers, segment_model, synaptic_inputs
 from snncc.calibration.neuron_search import OutputErrorStatistics
 from snncc.errors import SnnccError
-from snncc.passes._activation import QCFS, NeuronParameters, read_activation, set_parameters
+from snncc.passes._activation import QCFS, NeuronParameters, is_activation, read_activation, set_parameters
 from snncc.passes._graph import source_of
 
 CASE_RELU_LAYERWISE = "relu-layerwise"
 CASE_QCFS_LAYERWISE = "qcfs-layerwise"
 HEADS = ("lstsq", "keep")
-# λ of the ridge refit, relative to the mean diagonal of XᵀX.
-RIDGE = 0.05
-# The refits (ridge and read-out) read the first samples only: a few hundred thousand rows fix a
-# few hundred weights per output, and the passes cost less.
-REFIT_SAMPLES = 4096
+# The share of the refit samples held out to choose the ridge λ (`affine_refit.select_ridge`).
+HELD_OUT = 0.25
+# The refits (ridge and read-out) read the first samples that give MAX_ROWS rows of the normal
+# equations (tens of rows per weight), but at least REFIT_SAMPLES samples, so that Conv rows come from
+# many images; the passes cost less than over the whole set.
+MAX_ROWS = 65_536
+REFIT_SAMPLES = 1024
 
 
-class _Passes:
-    """One pass over the data through the quantised model (current parameters and weights) and the
-    original ANN at once, yielding the requested values of each, batch by batch."""
+class _Path:
+    """The calibration set on one path through the model (the quantised model with its current
+    parameters and weights, or the original ANN), kept at the cuts: per value name, the list of
+    its float32 batches (the graph input at first)."""
 
-    def __init__(self, model: ir.Model, original: ir.Model, data: CalibrationData, steps: int, batch_size: int):
-        self.model, self.original, self.data, self.steps, self.batch_size = model, original, data, steps, batch_size
-        self.passes = 0
+    def __init__(self, model: ir.Model, emit: EmitActivation, data: CalibrationData, batch_size: int):
+        self.model, self.emit = model, emit
+        self.values = {model.graph.inputs[0].name: list(data.batches(batch_size))}
+        self.count = len(data.x)
+        self.batch_size = batch_size
 
-    def run(self, quantised: list[str], reference: list[str], label: str, samples: int | None = None):
-        from snncc.progress import progress
+    def run(self, inputs: list[str], outputs: list[str], samples: int | None = None,
+            keep: str | None = None) -> Iterator[list[np.ndarray]]:
+        """The values `outputs` computed from the stored `inputs`, batch by batch over the batches
+        that hold the first `samples` (default: all), with the model segment between them as it is
+        now; the output named `keep` is stored as it comes."""
         from snncc.session import make_session
 
-        q_session = make_session(prefix_model(self.model, da_qcfs_activation(self.steps), quantised), native=False)
-        a_session = make_session(prefix_model(self.original, original_activation, reference), native=False)
-        q_input, a_input = q_session.get_inputs()[0].name, a_session.get_inputs()[0].name
-        self.passes += 1
-        subset = self.data if samples is None else CalibrationData(self.data.x[:samples], self.data.source)
-        for batch in progress(list(subset.batches(self.batch_size)), label):
-            yield q_session.run(quantised, {q_input: batch}), a_session.run(reference, {a_input: batch})
+        computed = [name for name in dict.fromkeys(outputs) if name not in inputs]
+        session = make_session(segment_model(self.model, self.emit, inputs, computed), native=False) if computed else None
+        if keep is not None:
+            self.values[keep] = []
+        for i in range(-(-min(samples or self.count, self.count) // self.batch_size)):
+            feeds = {name: self.values[name][i] for name in inputs}
+            results = {**feeds, **dict(zip(computed, session.run(computed, feeds)))} if session else feeds
+            if keep is not None:
+                self.values[keep].append(results[keep])
+            yield [results[name] for name in outputs]
+
+    def drop(self, name: str) -> None:
+        self.values.pop(name, None)
 
 
 def _refittable(node: ir.Node | None) -> bool:
@@ -72,70 +92,114 @@ def _refittable(node: ir.Node | None) -> bool:
     return node is not None and supported(node) and any(v.producer() is not None for v in synaptic_inputs(node.inputs[0]))
 
 
-def _refit(passes: _Passes, layer: AffineLayer, value_name: str, ridge: float, samples: int, label: str) -> None:
+def _refit(quantised: _Path, reference: _Path, inputs: list[str], layer: AffineLayer, value_name: str,
+           ridge: bool, label: str) -> float:
     """Refit `layer` on its quantised input towards its quantised output + (ANN − quantised) of the
-    value `value_name`: the layer's own output, or the Add of it and other terms that it feeds."""
+    value `value_name` (from the cuts `inputs`; the ANN's taken as stored where it is): the layer's
+    own output, or the Add of it and other terms that it feeds. By ridge regression towards the
+    original weights with λ chosen on held-out samples (`ridge`; the largest λ when too few samples
+    to hold some out), else by least squares. Reads the
+    first samples that give MAX_ROWS rows, at least REFIT_SAMPLES of them (Conv: that many random
+    output positions each). Returns λ."""
     node = layer.node
-    x_name, y_name = node.inputs[0].name, node.outputs[0].name
-    quantised = [x_name, y_name] + ([value_name] if value_name != y_name else [])
-    samples = min(samples, REFIT_SAMPLES)
-    positions = max(1, MAX_CONV_ROWS // samples)
     rng = np.random.default_rng(0)
-    equations = NormalEquations()
-    for q_out, a_out in passes.run(quantised, [value_name], label, samples):
-        x, y = q_out[0], q_out[1]
-        z_q = q_out[2] if len(q_out) > 2 else y
-        target = y + (a_out[0] - z_q)
-        equations.add(*layer.rows(x, target, rng, positions))
+    fit, held_out = NormalEquations(), NormalEquations()
+    ann_inputs = [value_name] if value_name in reference.values else inputs
+    samples = positions = None
+    read = 0
+    for (x, y, z_q), (z_ann,) in zip(quantised.run(inputs, [node.inputs[0].name, node.outputs[0].name, value_name]),
+                                      reference.run(ann_inputs, [value_name])):
+        if samples is None:
+            per_sample = layer.rows_per_sample(x, y)
+            samples = min(quantised.count, max(REFIT_SAMPLES, -(-MAX_ROWS // per_sample)))
+            positions = max(1, MAX_ROWS // samples)
+        take = min(len(x), samples - read)
+        x, target = x[:take], (y + (z_ann - z_q))[:take]
+        held = rng.random(take) < HELD_OUT if ridge else np.zeros(take, bool)
+        fit.add(*layer.rows(x[~held], target[~held], rng, positions))
+        if held.any():
+            held_out.add(*layer.rows(x[held], target[held], rng, positions))
+        read += take
+        if read >= samples:
+            break
+    equations = fit.merged(held_out) if held_out.rows else fit
     if not equations.finite():
         raise SnnccError(f"calibration: {label}: the layer's inputs or targets are not finite in float32 (NaN, "
                          "infinity or overflow) on the calibration data: check the model's weights and the data")
-    layer.write(passes.model.graph, equations.solve(layer.parameters(), ridge))
+    lam = (select_ridge(fit, held_out, layer.parameters()) if held_out.rows else max(RIDGE_CHOICES)) if ridge else 0.0
+    layer.write(quantised.model.graph, equations.solve(layer.parameters(), lam))
+    return lam
 
 
 def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops: dict[str, np.ndarray],
                         targets: list[ir.Node], ridge: bool, head: str, batch_size: int) -> dict:
     """Fit the target activations' neuron parameters in graph order (and refit weights as asked);
-    `tops`: per activation the ANN's threshold, the upper end of the θ search. Returns a summary."""
+    `tops`: per activation a threshold, the upper end of its θ search, where one was recorded (else
+    the ANN's per-channel maximum output on the calibration set). Returns a summary."""
+    from snncc.progress import progress
+
     if head not in HEADS:
         raise AssertionError(f"head must be one of {HEADS}")
-    original = copy_model(model)
-    passes = _Passes(model, original, data, steps, batch_size)
-    refit, corrected = [], []
+    quantised = _Path(model, da_qcfs_activation(steps), data, batch_size)
+    reference = _Path(copy_model(model), original_activation, data, batch_size)
+    activations = [n for n in model.graph if is_activation(n)]
+    heads = [n for n in read_out_layers(model) if supported(n)] if head == "lstsq" else []
+    layers = activations + heads
+    # a step's cuts: the input currents of the activations it reads (and the graph input)
+    cuts = [[v.name for v in neuron_inputs(n.inputs[0] if is_activation(n) else n.outputs[0])] for n in layers]
+    last_use = {name: i for i, names in enumerate(cuts) for name in names}
     target_names = {n.name for n in targets}
-    for node in [n for n in model.graph if n.name in target_names]:
-        affine = affine_producer(node)
-        z_name = node.inputs[0].name
-        if ridge and _refittable(affine):
-            _refit(passes, AffineLayer(affine), z_name, RIDGE, len(data.x), f"ridge refit {affine.name}")
-            refit.append(affine.name)
-        statistics = OutputErrorStatistics(tops[node.name])
-        for (z_q,), (z_ann, r) in passes.run([z_name], [z_name, node.outputs[0].name], f"layer-wise {node.name} T={steps}"):
-            if not (np.isfinite(z_q).all() and np.isfinite(z_ann).all()):
-                raise SnnccError(f"calibration: the input of activation '{source_of(node)}' ({read_activation(node).kind}) is not "
-                                 "finite (NaN or infinity) on the calibration data: check the model's weights and the data")
-            statistics.add(z_q, z_ann, r)
-        shift = statistics.mean_shift()
-        fit = statistics.search(steps, shift)
-        psi = fit.psi
-        if affine is not None and len(affine.inputs) > 2 and supported(affine):
-            layer = AffineLayer(affine)
-            active = fit.theta_post > 0
-            layer.set_bias(model.graph, layer.bias.reshape(-1) + np.where(active, shift, 0))
-            psi = np.where(active, psi - shift, 0).astype(np.float32)
-            corrected.append(affine.name)
-        case = CASE_QCFS_LAYERWISE if read_activation(node).kind == QCFS else CASE_RELU_LAYERWISE
-        set_parameters(node, NeuronParameters(fit.theta_pre, fit.theta_post, psi, case))
-    heads = _least_squares_heads(model, passes, len(data.x)) if head == "lstsq" else []
-    return {"layerwise": True, "ridge": RIDGE if ridge else None, "refit": refit, "bias_corrected": corrected,
-            "head": head, "head_layers": heads, "passes": passes.passes}
+    refit, corrected = {}, []  # refit: λ per layer
+    for i, node in enumerate(progress(layers, f"layer-wise calibration T={steps}", unit="layer")):
+        if not is_activation(node):
+            _refit(quantised, reference, cuts[i], AffineLayer(node), node.outputs[0].name, False, f"least-squares head {node.name}")
+        elif node.name not in target_names:  # calibrated already (QCFS at T = T̃): carried along
+            z_name = node.inputs[0].name
+            for path in (reference, quantised):
+                for _ in path.run(cuts[i], [z_name], keep=z_name):
+                    pass
+        else:
+            _fit_activation(quantised, reference, cuts[i], node, steps, tops.get(node.name), ridge, refit, corrected)
+        for name in cuts[i]:
+            if last_use[name] == i:
+                quantised.drop(name)
+                reference.drop(name)
+    return {"layerwise": True, "ridge": "held-out" if ridge else None, "refit": list(refit), "ridge_lambda": refit,
+            "bias_corrected": corrected,
+            "head": head, "head_layers": [n.name for n in heads]}
 
 
-def _least_squares_heads(model: ir.Model, passes: _Passes, samples: int) -> list[str]:
-    names = []
-    for node in read_out_layers(model):
-        if not supported(node):
-            continue
-        _refit(passes, AffineLayer(node), node.outputs[0].name, 0.0, samples, f"least-squares head {node.name}")
-        names.append(node.name)
-    return names
+def _fit_activation(quantised: _Path, reference: _Path, inputs: list[str], node: ir.Node, steps: int,
+                    top: np.ndarray | None, ridge: bool, refit: dict[str, float], corrected: list[str]) -> None:
+    """Refit the layer feeding `node` (ridge), search its neuron parameters, correct the bias; keep
+    its input current on both paths for the next layers. `top`: the upper end of the θ search
+    (None: the ANN's per-channel maximum output)."""
+    z_name, out_name = node.inputs[0].name, node.outputs[0].name
+    maximum = None
+    for _, r in reference.run(inputs, [z_name, out_name], keep=z_name):
+        found = r.max(axis=tuple(a for a in range(r.ndim) if a != 1))
+        maximum = found if maximum is None else np.maximum(maximum, found)
+    top = np.maximum(maximum, 0) if top is None else top
+    affine = affine_producer(node)
+    if ridge and _refittable(affine):
+        refit[affine.name] = _refit(quantised, reference, inputs, AffineLayer(affine), z_name, True, f"ridge refit {affine.name}")
+    statistics = OutputErrorStatistics(top)
+    for (z_q,), (z_ann, r) in zip(quantised.run(inputs, [z_name], keep=z_name), reference.run([z_name], [z_name, out_name])):
+        if not (np.isfinite(z_q).all() and np.isfinite(z_ann).all()):
+            raise SnnccError(f"calibration: the input of activation '{source_of(node)}' ({read_activation(node).kind}) is not "
+                             "finite (NaN or infinity) on the calibration data: check the model's weights and the data")
+        statistics.add(z_q, z_ann, r)
+    shift = statistics.mean_shift()
+    fit = statistics.search(steps, shift)
+    psi = fit.psi
+    if affine is not None and len(affine.inputs) > 2 and supported(affine):
+        layer = AffineLayer(affine)
+        active = fit.theta_post > 0
+        moved = np.where(active, shift, 0)
+        layer.set_bias(quantised.model.graph, layer.bias.reshape(-1) + moved)
+        psi = np.where(active, psi - shift, 0).astype(np.float32)
+        for batch in quantised.values[z_name]:  # the current the corrected layer gives
+            batch += moved.astype(np.float32).reshape((1, -1) + (1,) * (batch.ndim - 2))
+        corrected.append(affine.name)
+    case = CASE_QCFS_LAYERWISE if read_activation(node).kind == QCFS else CASE_RELU_LAYERWISE
+    set_parameters(node, NeuronParameters(fit.theta_pre, fit.theta_post, psi, case))

@@ -39,9 +39,9 @@ class NeuronFit:
     error: np.ndarray  # the minimised Σ(q − r)² per channel (up to the histogram's resolution)
 
 
-def _per_channel(value: np.ndarray) -> np.ndarray:
-    """[N, C, ...] → [C, N·...]."""
-    return np.moveaxis(value, 1, 0).reshape(value.shape[1], -1)
+def _channel_sum(value: np.ndarray) -> np.ndarray:
+    """Σ over every axis but the channel axis 1, in float64."""
+    return value.sum(axis=tuple(a for a in range(value.ndim) if a != 1), dtype=np.float64)
 
 
 class OutputErrorStatistics:
@@ -60,17 +60,21 @@ class OutputErrorStatistics:
         self.n = 0
 
     def add(self, z_q: np.ndarray, z_ann: np.ndarray, r: np.ndarray) -> None:
-        z, r = _per_channel(z_q), _per_channel(r)
-        channels = z.shape[0]
-        scale = (1 / self.width).astype(np.float32)[:, None]
-        bins = np.clip((z - self.low.astype(np.float32)[:, None]) * scale, 0, BINS - 1).astype(np.int64)
-        flat = (bins + np.arange(channels)[:, None] * BINS).reshape(-1)
+        """One batch, [N, C, ...] each (channels on axis 1)."""
+        channels = z_q.shape[1]
+        shape = (1, channels) + (1,) * (z_q.ndim - 2)
+        position = np.subtract(z_q, self.low.astype(np.float32).reshape(shape), dtype=np.float32)
+        position *= (1 / self.width).astype(np.float32).reshape(shape)
+        np.clip(position, 0, BINS - 1, out=position)
+        flat = position.astype(np.intp)
+        flat += (np.arange(channels) * BINS).reshape(shape)
+        flat = flat.reshape(-1)
         self.count += np.bincount(flat, minlength=channels * BINS).reshape(channels, BINS)
         self.sum_r += np.bincount(flat, weights=r.reshape(-1), minlength=channels * BINS).reshape(channels, BINS)
-        self.sum_r2 += np.sum(np.square(r, dtype=np.float64), axis=1)
-        self.sum_z_q += z.sum(axis=1, dtype=np.float64)
-        self.sum_z_ann += _per_channel(z_ann).sum(axis=1, dtype=np.float64)
-        self.n += z.shape[1]
+        self.sum_r2 += _channel_sum(np.square(r))
+        self.sum_z_q += _channel_sum(z_q)
+        self.sum_z_ann += _channel_sum(z_ann)
+        self.n += z_q.size // channels
 
     def mean_shift(self) -> np.ndarray:
         """δ = mean(z_ann) − mean(z_q) per channel: the bias correction of the layer's input current."""

@@ -6,6 +6,8 @@
 - 'layerwise': progressive per-layer search of θ_pre, θ_post, ψ with bias correction and a
   least-squares read-out layer (`layerwise`); 'ridge': the same with a closed-form ridge refit of
   the weights feeding each neuron. Both change weights inside the compiled model only.
+- 'reconstruct': 'ridge' here; the compiler then refines it by gradient block reconstruction
+  (`reconstruct`, needs torch), the best mode at few time-steps.
 - 'auto': the mode `auto_mode` picks for T (measured in docs/results.md).
 - QCFS at T = T̃ is lossless already: calibration there is skipped.
 
@@ -35,7 +37,8 @@ CASE_RELU_THRESHOLDS = "relu-thresholds"
 CASE_RELU_CALIBRATED = "relu-da-qcfs"
 CASE_QCFS_CALIBRATED = "qcfs-da-qcfs"
 
-MODES = ("auto", "paper", "thresholds", "layerwise", "ridge")
+MODES = ("auto", "paper", "thresholds", "layerwise", "ridge", "reconstruct")
+LAYERWISE_MODES = ("layerwise", "ridge", "reconstruct")
 
 
 def auto_mode(steps: int) -> str:
@@ -84,7 +87,7 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
     uses_relu = any(read_activation(n).kind != QCFS for n in activations)
     targets = [n for n in activations if read_activation(n).kind != QCFS or get_parameters(n).case != "qcfs-lossless"]
     mode = options.resolved_mode(steps)
-    if mode in ("layerwise", "ridge"):
+    if mode in LAYERWISE_MODES:
         return _calibrate_layerwise(model, data, steps, options, mode, targets)
     forced = options.da_qcfs if options.da_qcfs is not None else (None if options.mode == "paper" else True)
     run_da_qcfs = (forced if forced is not None else uses_relu) and mode == "paper" and bool(targets)
@@ -113,15 +116,14 @@ def calibrate_parameters(model: ir.Model, data: CalibrationData, steps: int, opt
 
 def _calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, options: CalibrationOptions,
                          mode: str, targets: list[ir.Node]) -> dict:
-    """Record the ANN's thresholds (the upper end of the θ search), then fit layer by layer."""
-    recorded, _ = record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, executor=options.executor)
-    for node in model.graph:
-        if node.name in recorded:  # the start: thresholds only
-            set_parameters(node, _silent_safe(recorded[node.name]))
-    tops = reference_thresholds(model, recorded)
+    """Fit layer by layer. The upper end of each θ search is the ANN's per-channel maximum, found on
+    the way; thresholds other than the maximum are recorded first."""
+    recorded = (record_thresholds(model, data, options.threshold, RECORDING_BATCH, steps, executor=options.executor)[0]
+                if options.threshold.needs_histograms() else {})
     summary = {}
     if targets:
         head = "keep" if options.keep_head else "lstsq"
-        summary = calibrate_layerwise(model, data, steps, tops, targets, mode == "ridge", head, RECORDING_BATCH)
-    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if recorded else "from QCFS",
+        summary = calibrate_layerwise(model, data, steps, recorded, targets, mode != "layerwise", head, RECORDING_BATCH)
+    relu = any(read_activation(n).kind != QCFS for n in targets)
+    return {**data.summary(), "mode": mode, "thresholds": str(options.threshold) if relu else "from QCFS",
             "da_qcfs": False, "momentum": None, **summary}

@@ -11,10 +11,10 @@ minimises the mean squared error between those next input currents
   output θ_post·k/T, on the outputs of the already refined earlier neurons, and
 - as the ANN computes them (its activations: ReLU, Clip, QCFS at T̃), on its own values,
 
-over θ_pre, θ_post, ψ of l (per channel) and the biases of the Conv / Gemm / MatMul feeding l and
-of those feeding the next neurons or the outputs (`layer_graph.affine_producer`,
-`read_out_layers`; with `weights=True` their weights too), with a straight-through estimator for
-the floor. Minibatches come from the first `samples` calibration samples; a block's result is
+over θ_pre, θ_post, ψ of l (per channel) and the weights and biases of the Conv / Gemm / MatMul
+feeding l and of those feeding the next neurons or the outputs (`layer_graph.affine_producer`,
+`read_out_layers`; with `weights=False` their biases only), with a straight-through estimator for
+the floor. The calibration mode 'reconstruct' is 'ridge' followed by this with the defaults. Minibatches come from the first `samples` calibration samples; a block's result is
 kept only if it lowers the block's error on all of them.
 
 Invariant: afterwards every activation still carries neuron parameters (θ_pre > 0), the model
@@ -31,7 +31,7 @@ import numpy as np
 import onnx_ir as ir
 
 from snncc.calibration.dataset import CalibrationData
-from snncc.calibration.layer_graph import affine_producer, read_out_layers, synaptic_inputs
+from snncc.calibration.layer_graph import affine_producer, read_out_layers
 from snncc.errors import SnnccError
 from snncc.passes._graph import attr as _attr
 from snncc.passes._graph import replace_with_initializer
@@ -42,11 +42,11 @@ MISSING_TORCH = "reconstruction needs torch: pip install 'snncc[reconstruct]'"
 
 @dataclasses.dataclass(frozen=True)
 class ReconstructOptions:
-    iterations: int = 100  # Adam steps per block
+    iterations: int = 300  # Adam steps per block
     batch_size: int = 64
-    samples: int = 1024  # the first calibration samples used (all activations are kept in memory)
+    samples: int = 2048  # the first calibration samples used (all activations are kept in memory)
     learning_rate: float = 1e-2  # on parameters scaled to their own size (see _Scaled)
-    weights: bool = False  # also refine the weights (not only the bias) of the layer feeding each neuron
+    weights: bool = True  # also refine the weights (not only the biases) of the affine layers of each block
     seed: int = 0
 
 
@@ -180,26 +180,6 @@ class _Scaled:
         return self().detach().numpy().astype(np.float32)
 
 
-def _next_currents(neuron: ir.Node, activations: list[ir.Node], outputs: list[ir.Value]) -> list[ir.Value]:
-    """The input currents of the activations that read `neuron`'s output through synaptic layers
-    only, and the graph outputs it reaches without another activation: the block's outputs."""
-    currents = [j.inputs[0] for j in activations if neuron.outputs[0] in synaptic_inputs(j.inputs[0])]
-    return currents + [o for o in outputs if neuron.outputs[0] in synaptic_inputs(o)]
-
-
-def _block_nodes(graph: ir.Graph, output: ir.Value, cut: set[ir.Value]) -> set[ir.Node]:
-    """The nodes computing `output` from the values in `cut` (and constants)."""
-    needed, stack = set(), [output]
-    while stack:
-        value = stack.pop()
-        producer = value.producer() if value is not None else None
-        if value in cut or producer is None or producer in needed:
-            continue
-        needed.add(producer)
-        stack.extend(producer.inputs)
-    return needed
-
-
 def _mse(torch, a, b):
     return torch.mean((a - b) ** 2)
 
@@ -213,19 +193,39 @@ class _Block:
     layers: list[ir.Node]  # the affine layers whose parameters it refines
 
 
+def _synaptic_sinks(graph: ir.Graph, ends: set[ir.Value]) -> dict[ir.Value, set[ir.Value]]:
+    """For every value, the values of `ends` it reaches through synaptic layers only (without
+    crossing an activation), itself included: one walk of the graph in reverse topological order."""
+    sinks: dict[ir.Value, set[ir.Value]] = {}
+    for node in reversed(list(graph)):
+        for value in node.outputs:
+            reached = {value} & ends
+            for consumer, _ in value.uses():
+                if not is_activation(consumer):
+                    reached = reached.union(*(sinks[o] for o in consumer.outputs))
+            sinks[value] = reached
+    return sinks
+
+
 def _blocks(model: ir.Model) -> list[_Block]:
+    """One block per activation l: the synaptic layers to l's input current, l, and those from l's
+    output to the currents (or graph outputs) it reaches, from one backward walk of the graph."""
     graph = model.graph
     activations = [n for n in graph if is_activation(n)]
-    outputs = list(graph.outputs)
+    ends = [n.inputs[0] for n in activations] + list(graph.outputs)  # what the blocks are fitted on
+    sinks = _synaptic_sinks(graph, set(ends))
+    producers = {n.inputs[0]: affine_producer(n) for n in activations}
+    read_out = read_out_layers(model)
+    spiking = {n.outputs[0] for n in activations} | set(graph.inputs)  # what the cut of a block consists of
     blocks = []
     for neuron in activations:
-        targets = _next_currents(neuron, activations, outputs)
-        cut = ({n.outputs[0] for n in activations} | set(graph.inputs)) - {neuron.outputs[0]}
-        needed = set().union(*(_block_nodes(graph, t, cut) for t in targets))
-        following = [affine_producer(j) for j in activations if j.inputs[0] in targets] + \
-            (read_out_layers(model) if set(outputs) & set(targets) else [])
-        layers = [layer for layer in [affine_producer(neuron)] + following if layer is not None and layer in needed]
-        blocks.append(_Block(neuron, cut, targets, [n for n in graph if n in needed], layers))
+        reached = sinks[neuron.outputs[0]]
+        targets = [v for v in ends if v in reached]
+        region = reached | {neuron.inputs[0]}
+        nodes = [n for n in graph if n is neuron or (not is_activation(n) and any(sinks[o] & region for o in n.outputs))]
+        following = [producers[t] for t in targets if t in producers] + (read_out if set(graph.outputs) & reached else [])
+        layers = [layer for layer in [producers[neuron.inputs[0]]] + following if layer is not None and layer in nodes]
+        blocks.append(_Block(neuron, spiking - {neuron.outputs[0]}, targets, nodes, layers))
     return blocks
 
 
