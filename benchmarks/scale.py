@@ -133,9 +133,13 @@ def markdown(result: dict) -> str:
         f"This run: overhead {worst_overhead:.1f} s at most ({'met' if worst_overhead <= 10 else 'not met'}), "
         f"throughput {worst_ratio:.2f}× at least ({'met' if worst_ratio >= 0.8 else 'not met'}). On a machine this "
         "small parity is the expectation, not a speed-up: the actors (one intra-op thread each) share the cores "
-        "that the in-process run uses with ONNX Runtime's intra-op threads. The fixed cost is mostly Ray's: "
-        "starting or joining the instance (2–4 s on an idle machine), starting one worker process per actor and "
-        "loading the models there.", "",
+        "that the in-process run uses with ONNX Runtime's intra-op threads. Ratios above 1× on such a machine "
+        "come from its load, not from Ray: where other processes share the cores (as while this ran, beside "
+        "other jobs), one process's two intra-op threads wait on each other and lose more than two "
+        "single-threaded actors do; single runs of each size vary by tens of percent under that load. The fixed "
+        "cost is mostly Ray's: starting the private instance (\"ray 1 node\"; 2–4 s on an idle machine) or "
+        "joining a running cluster (\"ray 2 nodes\", started beforehand), then one worker process per actor "
+        "and the models loaded there.", "",
         "**On paper: a 50k-image ImageNet eval of a T = 64 ResNet-50 on N nodes.** This run's in-process rate "
         f"is {in_process['rows_per_s']:.0f} rows/s × {result['snn_macs_per_row'] / 1e6:.0f} M MACs per row (the "
         "time-expanded SNN runs the ANN's synaptic layers densely on T × the batch: spikes are computed as "
@@ -160,9 +164,10 @@ def main() -> None:
     parser.add_argument("--T", dest="steps", type=int, default=4)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write-docs", action="store_true", help=f"replace the '{HEADING}' section of {DOCS}")
+    parser.add_argument("--from-json", type=Path, help="write the table of an earlier run's --json, measuring nothing")
     args = parser.parse_args()
     rows = sorted(int(n) for n in args.rows.split(","))
-    result = measure(rows, args.repeats, args.steps)
+    result = json.loads(args.from_json.read_text()) if args.from_json else measure(rows, args.repeats, args.steps)
     text = json.dumps(result, indent=2)
     print(text)
     print(markdown(result))

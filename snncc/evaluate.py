@@ -5,6 +5,9 @@ Invariant: every problem with the user's model or data is an SnnccError raised b
 run starts (non-SNN model, an SNN given as the ANN, data that does not fit the input, labels of the
 wrong length, labels outside the model's classes when its output has a static class count); labels
 outside a dynamic class count are caught after the run.
+
+Every run goes shard by shard (`shard_bounds`: fixed runs of batches) and merges the shards' counts in
+row order (`merge_shards`), in-process and on Ray (snncc.ray_eval) alike, so the reports are identical.
 """
 
 from __future__ import annotations
@@ -122,6 +125,7 @@ def merge_shards(results: list[ShardResult]):
 
 
 def _ordered_sum(values) -> float:
+    """Left to right, plain float64 additions (not sum(): Python 3.12 compensates float sums)."""
     total = 0.0
     for value in values:
         total += value
