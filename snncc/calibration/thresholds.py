@@ -27,6 +27,7 @@ from snncc.passes._activation import CLIP, RELU, is_activation, read_activation
 
 HISTOGRAM_BINS = 4096  # the resolution of percentile and mse thresholds: max_c / 4096
 ROUND_BINS = 64  # bins per channel per percentile round: two rounds resolve 64 x 64 = 4096 bins
+ROUND_SHIFT = 6  # log2(ROUND_BINS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,14 +134,15 @@ class RoundCounts:
     def add(self, counts, outputs):
         for i, z in enumerate(outputs):
             values, fine = fine_bins(z, self.tops[i])
-            coarse = fine // ROUND_BINS
-            if self.within is None:
-                keep, bins = values > 0, coarse
-            else:
-                keep, bins = (values > 0) & (coarse == self.within[i][:, None]), fine % ROUND_BINS
             channels = len(values)
-            flat = (np.arange(channels)[:, None] * ROUND_BINS + bins)[keep]
-            counts[i] += np.bincount(flat, minlength=channels * ROUND_BINS).reshape(channels, ROUND_BINS)
+            flat = (np.arange(channels)[:, None] * HISTOGRAM_BINS + fine)[values > 0]  # channel·4096 + fine bin
+            if self.within is None:
+                index = flat >> ROUND_SHIFT  # channel·64 + coarse bin
+            else:
+                wanted = np.arange(channels) * ROUND_BINS + self.within[i]
+                flat = flat[(flat >> ROUND_SHIFT) == wanted[flat >> (2 * ROUND_SHIFT)]]
+                index = ((flat >> (2 * ROUND_SHIFT)) << ROUND_SHIFT) | (flat & (ROUND_BINS - 1))  # channel·64 + fine % 64
+            counts[i] += np.bincount(index, minlength=channels * ROUND_BINS).reshape(channels, ROUND_BINS)
         return counts
 
     def end(self, counts):
