@@ -6,8 +6,8 @@ neuron layer already fixed and quantised as the SNN runs it:
 
 1. (`ridge`) the affine layer feeding l (`layer_graph.affine_producer`) is refit in closed form
    by ridge regression towards its original weights, from its quantised inputs to the ANN's
-   input current of l (`affine_refit`); the first layers, whose inputs do not depend on any
-   neuron, are left alone;
+   input current of l (`affine_refit`), λ chosen by the error on held-out calibration samples;
+   the first layers, whose inputs do not depend on any neuron, are left alone;
 2. the per-channel θ_pre, θ_post, ψ minimising l's output error against the ANN are searched
    (`neuron_search`), around the bias correction δ = mean(z_ann) − mean(z_q); δ is moved into the
    bias of the affine layer feeding l where there is one (bias correction), else it stays in ψ;
