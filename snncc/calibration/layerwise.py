@@ -65,18 +65,17 @@ class _Path:
         self.count = len(data.x)
         self.batch_size = batch_size
 
-    def run(self, inputs: list[str], outputs: list[str], samples: int | None = None,
-            keep: str | None = None) -> Iterator[list[np.ndarray]]:
-        """The values `outputs` computed from the stored `inputs`, batch by batch over the batches
-        that hold the first `samples` (default: all), with the model segment between them as it is
-        now; the output named `keep` is stored as it comes."""
+    def run(self, inputs: list[str], outputs: list[str], keep: str | None = None) -> Iterator[list[np.ndarray]]:
+        """The values `outputs` computed from the stored `inputs`, batch by batch, with the model
+        segment between them as it is now; the output named `keep` is stored as it comes (stop
+        early to read the first batches only)."""
         from snncc.session import make_session
 
         computed = [name for name in dict.fromkeys(outputs) if name not in inputs]
         session = make_session(segment_model(self.model, self.emit, inputs, computed), native=False) if computed else None
         if keep is not None:
             self.values[keep] = []
-        for i in range(-(-min(samples or self.count, self.count) // self.batch_size)):
+        for i in range(-(-self.count // self.batch_size)):
             feeds = {name: self.values[name][i] for name in inputs}
             results = {**feeds, **dict(zip(computed, session.run(computed, feeds)))} if session else feeds
             if keep is not None:
