@@ -45,8 +45,9 @@ def auto_mode(steps: int) -> str:
     """The mode 'auto' picks at T: the layer-wise fit with ridge refit where few levels make the
     quantisation error large, the paper's pipeline (a few ANN passes, within 0.3 points) at large T.
     Measured on the Fashion-MNIST VGG with 5000 calibration images (docs/results.md, "Calibration
-    modes"): drop vs the ANN 5.9 / 2.1 / 0.2 / 0.5 points at T = 1 / 2 / 4 / 8 with 'ridge', against
-    65.6 / 9.7 / 3.8 / 1.0 with 'paper' and 9.9 / 2.9 at T = 1 / 2 with 'layerwise'."""
+    modes"): drop vs the ANN 5.0 / 2.2 / 0.4 / 0.3 points at T = 1 / 2 / 4 / 8 with 'ridge' at about
+    14× one ANN pass over the calibration set, against 65.6 / 9.7 / 3.8 / 1.0 with 'paper' and
+    9.9 / 2.9 at T = 1 / 2 with 'layerwise'."""
     return "ridge" if steps <= 8 else "paper"
 
 
