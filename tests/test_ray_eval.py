@@ -114,11 +114,12 @@ def test_killing_the_worker_node_mid_run_loses_and_doubles_no_rows(small_snn, tm
     assert json.loads((tmp_path / "ray.json").read_text())["samples"] == FAULT_ROWS
 
 
-def test_a_cluster_that_dies_mid_run_is_one_error_line_and_no_report(small_snn, tmp_path):
-    ann, snn = small_snn
+def test_a_cluster_that_dies_mid_run_is_one_error_line_and_no_report(bundled_snn, tmp_path):
+    """The bundled VGG over 20480 rows: a minute of work, so that the cluster dies long before the end
+    however idle the machine (the small network's run can finish before its processes are killed)."""
     with LoopbackCluster(head_cpus=1, worker_cpus=1) as cluster:
         environment = {**os.environ, "PYTHONPATH": str(REPO), "SNNCC_MAX_SAMPLES": str(FAULT_ROWS), **cluster.client_env}
-        command = [sys.executable, "-m", "snncc", "eval", str(snn), "--ann", str(ann), "--data", "fashion-mnist:train",
+        command = [sys.executable, "-m", "snncc", "eval", str(bundled_snn), "--data", "fashion-mnist:train",
                    "--batch-size", "64", "--json", str(tmp_path / "r.json"), "--ray", cluster.address]
         with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as run:
