@@ -11,7 +11,9 @@ Every configuration runs the same model on a small and a large number of Fashion
 the line through the two (best-of-repeats) wall times gives the throughput (rows/s, from the slope)
 and the fixed cost (the intercept: start-up, sessions, for Ray also the cluster join and actors).
 "--ray overhead" is a Ray configuration's fixed cost minus the in-process one. Every Ray report is
-checked to equal the in-process report byte for byte.
+checked to equal the in-process report byte for byte. Where the private instance's start-up goes is
+timed once per repeat by a probe (ray_runtime.connect("local"), as many empty actors as eval starts,
+ray.shutdown), phase by phase.
 
     python benchmarks/scale.py [--rows 500,5000] [--repeats 1] [--T 4] [--json out.json] [--write-docs]
 """
@@ -56,6 +58,33 @@ def run_eval(model: Path, rows: int, report: Path, ray: list[str], env: dict) ->
     return seconds
 
 
+STARTUP_PROBE = """
+import time
+started = time.perf_counter()
+from snncc.ray_runtime import connect, start_actors
+class Probe:
+    def ready(self):
+        return True
+with connect("local") as ray:
+    joined = time.perf_counter()
+    ray.get([actor.ready.remote() for actor in start_actors(Probe, {actors})])
+    ready = time.perf_counter()
+print(joined - started, ready - joined, time.perf_counter() - ready)
+"""
+STARTUP_PHASES = ("start and join", "actors ready", "shutdown")
+
+
+def startup_phases(actors: int) -> list[float]:
+    """Seconds of a private local instance's phases (STARTUP_PHASES) with `actors` empty actors."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO)}
+    environment.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", STARTUP_PROBE.format(actors=actors)], env=environment,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the start-up probe failed:\n{done.stderr[-3000:]}")
+    return [float(value) for value in done.stdout.split()[-3:]]
+
+
 def measure(rows: list[int], repeats: int, steps: int) -> dict:
     cores = os.cpu_count() or 1
     folder = Path(tempfile.mkdtemp(prefix="snncc-scale-"))
@@ -72,7 +101,9 @@ def measure(rows: list[int], repeats: int, steps: int) -> dict:
         }
         times = {name: {n: [] for n in rows} for name in configs}
         equal = {name: True for name in configs}
+        phases = []
         for _ in range(repeats):
+            phases.append(startup_phases(cores))
             for n in rows:
                 for name, (flags, env) in configs.items():
                     report = folder / f"{name.replace(' ', '-')}-{n}.json"
@@ -91,7 +122,8 @@ def measure(rows: list[int], repeats: int, steps: int) -> dict:
         result["throughput_vs_in_process"] = result["rows_per_s"] / base["rows_per_s"]
         result["overhead_s"] = result["fixed_s"] - base["fixed_s"]
     return {"model": f"{ANN.name} compiled at T={steps}", "snn_macs_per_row": macs, "rows": rows,
-            "repeats": repeats, "cores": cores, "results": results}
+            "repeats": repeats, "cores": cores, "results": results,
+            "startup_s": {phase: min(run[i] for run in phases) for i, phase in enumerate(STARTUP_PHASES)}}
 
 
 def ann_macs() -> float:
@@ -140,6 +172,7 @@ def markdown(result: dict) -> str:
         "cost is mostly Ray's: starting the private instance (\"ray 1 node\"; 2–4 s on an idle machine) or "
         "joining a running cluster (\"ray 2 nodes\", started beforehand), then one worker process per actor "
         "and the models loaded there.", "",
+        *startup_text(result),
         "**On paper: a 50k-image ImageNet eval of a T = 64 ResNet-50 on N nodes.** This run's in-process rate "
         f"is {in_process['rows_per_s']:.0f} rows/s × {result['snn_macs_per_row'] / 1e6:.0f} M MACs per row (the "
         "time-expanded SNN runs the ANN's synaptic layers densely on T × the batch: spikes are computed as "
@@ -155,6 +188,26 @@ def markdown(result: dict) -> str:
         "N nodes take 50000 × t_row / N plus the fixed cost above. `--fold-time` runs the synaptic layers once "
         "on rates instead of 64 times, dividing the dense work by about 64.", "",
     ])
+
+
+def startup_text(result: dict) -> list[str]:
+    """The paragraph on where a private instance's start-up goes (none for runs without the probe)."""
+    phases = result.get("startup_s")
+    if not phases:
+        return []
+    timed = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in phases.items())
+    return [
+        f"Where `--ray`'s start-up goes (a probe with {result['cores']} empty actors, best of {result['repeats']}): "
+        f"{timed}. Starting and joining is `ray.init` of a private instance: the GCS, Ray's API server (started "
+        "even without the dashboard, which is off), the raylet and its agents, and the wait until the node has "
+        "registered; snncc passes no `runtime_env` there (the raylet, a child of the driver, hands the "
+        "variables on), so the workers Ray prestarts, one per CPU, host the actors at once. With a "
+        "`runtime_env` Ray started fresh workers for the actors: when this changed (2026-12-06), `eval --ray` "
+        "of 200 rows (batch 64, 2 actors, four rounds taking turns with the in-process run, under other "
+        "jobs' load) took 17.7 s median, 16.9 s best with a `runtime_env` (11.2 s / 11.4 s over in-process) "
+        "and 16.2 s median, 10.1 s best without (9.6 s / 4.6 s over in-process). Joining a running cluster "
+        "(`--ray ADDRESS`) still sends the variables as `runtime_env`, since its nodes are not the "
+        "driver's children.", ""]
 
 
 def main() -> None:

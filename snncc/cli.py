@@ -265,7 +265,8 @@ def inspect_command(model_path: Path):
 
 @main.command("eval")
 @click.argument("model_path", metavar="MODEL.snn.onnx", type=click.Path(path_type=Path))
-@click.option("--data", "data_spec", required=True, help="'fashion-mnist:test', 'mnist:test', or a .npz (x, y) / .npy file.")
+@click.option("--data", "data_spec", required=True, help="'fashion-mnist:test', 'mnist:test', a .npz (x, y) / .npy file, "
+              "or a .parquet file (x, label) / a folder of .parquet or .npy shards.")
 @click.option("--labels", "labels_spec", help="Labels (.npy, or .npz with array y) when --data has none.")
 @click.option("--ann", "ann_path", type=click.Path(path_type=Path), help="The ANN to compare with.")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Also write the report as JSON.")

@@ -10,8 +10,9 @@ Arrays from files must hold floating-point inputs: integer pixels (0..255) and o
 integer), when set, keeps the first N samples of every data set (quick tries; the README test).
 
 Data larger than memory: `open_rows(spec)` gives a `RowSource` that reads any range of rows on
-its own (a ``.npy`` file memory-mapped, an idx data set from its uint8 file), with the same values
-as `load_spec`; scale-out actors read their shards with it.
+its own (a ``.npy`` file memory-mapped, an idx data set from its uint8 file, a Parquet file or a
+folder of Parquet / .npy shard files only the files and row groups that hold the rows:
+`snncc.shards`), with the same values as `load_spec`; scale-out actors read their shards with it.
 
 Cache folder: ``$SNNCC_DATA_DIR`` if set, else ``<repo>/.cache/data``. Layout (written by
 ``scripts/fetch_data.sh``): ``<cache>/<dataset>/{train,t10k}-{images-idx3,labels-idx1}-ubyte``,
@@ -135,7 +136,8 @@ def _load_pixels(name: str, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
     """Loads data named by ``spec``: ``"<dataset>:<split>"`` (e.g. ``fashion-mnist:test``),
-    a ``.npz`` file with array ``x`` and optional ``y``, or a ``.npy`` file holding ``x``.
+    a ``.npz`` file with array ``x`` and optional ``y``, a ``.npy`` file holding ``x``, or a
+    ``.parquet`` file or a folder of shard files (`snncc.shards`: column ``x``, optional ``label``).
 
     Returns (x, y or None), both cut to ``$SNNCC_MAX_SAMPLES`` rows when set. Arrays from files are
     returned as stored except that a floating-point ``x`` is cast to float32 (others are refused:
@@ -146,6 +148,11 @@ def load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
 
 
 def _load_spec(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
+    from snncc import shards
+
+    if shards.is_shards(spec):
+        files = shards.open_shards(spec)
+        return files.read(0, files.rows), files.labels()
     path = pathlib.Path(spec)
     suffix = path.suffix.lower()
     if suffix in (".npz", ".npy"):
@@ -189,9 +196,13 @@ class RowSource:
     def read(self, start: int, stop: int) -> np.ndarray:
         if not 0 <= start <= stop <= self.rows:
             raise IndexError(f"rows {start}:{stop} of {self.rows}")
+        from snncc import shards
+
+        if shards.is_shards(self.spec):
+            return shards.open_shards(self.spec).read(start, stop)
         path = pathlib.Path(self.spec)
         if path.suffix.lower() == ".npy":
-            return np.ascontiguousarray(_memory_map(path)[start:stop], dtype=np.float32)  # dtype checked by open_rows
+            return np.ascontiguousarray(memory_map(path)[start:stop], dtype=np.float32)  # dtype checked by open_rows
         if path.suffix.lower() == ".npz":
             return _cached_npz(self.spec)[0][start:stop]
         name, split = _dataset_split(self.spec)
@@ -202,7 +213,8 @@ class RowSource:
         return np.concatenate([self.read(int(r), int(r) + 1) for r in rows])
 
 
-def _memory_map(path: pathlib.Path) -> np.ndarray:
+def memory_map(path: pathlib.Path | str) -> np.ndarray:
+    """A .npy file memory-mapped (read-only)."""
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError) as e:
@@ -217,16 +229,22 @@ def _cached_npz(spec: str) -> tuple[np.ndarray, np.ndarray | None]:
 def open_rows(spec: str) -> tuple[RowSource, np.ndarray | None]:
     """A RowSource for ``spec`` and its labels (None when it has none), reading no inputs but the
     first row (checked as `load_spec` checks them); `.npy` files are memory-mapped, never loaded."""
+    from snncc import shards
+
     path = pathlib.Path(spec)
-    if path.suffix.lower() == ".npy":
+    if shards.is_shards(spec):
+        files = shards.open_shards(spec)
+        check_inputs(files.read(0, min(1, files.rows)), f"data {spec}")
+        count, y = files.rows, files.labels()
+    elif path.suffix.lower() == ".npy":
         if not path.is_file():
             raise SnnccError(f"data file {spec} not found")
-        x, y = _memory_map(path), None
+        x, y = memory_map(path), None
         check_inputs(np.asarray(x[:1] if x.ndim else x), f"data file {spec}")
-    elif path.suffix.lower() == ".npz":
-        x, y = _cached_npz(spec)
+        count = len(x)
     else:
-        x, y = _cached_pixels(*_dataset_split(spec), data_dir())
+        x, y = _cached_npz(spec) if path.suffix.lower() == ".npz" else _cached_pixels(*_dataset_split(spec), data_dir())
+        count = len(x)
     limit = max_samples()
-    rows = len(x) if limit is None else min(limit, len(x))
+    rows = count if limit is None else min(limit, count)
     return RowSource(spec, rows), (None if y is None else y[:rows])

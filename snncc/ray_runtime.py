@@ -13,8 +13,11 @@ Invariant: nothing imports Ray unless the user asked for `--ray` (this module im
   `--ray ADDRESS` joins that cluster. A cluster with token authentication (RAY_AUTH_MODE=token, the
   default of recent `ray start`) gets the token Ray finds (`RAY_AUTH_TOKEN`, `RAY_AUTH_TOKEN_PATH` or
   ~/.ray/auth_token): a refused driver retries once in token mode; a refusal after that is one line.
-- Workers do not inherit the driver's environment: `worker_runtime_env` passes PYTHONPATH (this
-  snncc first), every `SNNCC_*` variable and the native op library's path explicitly.
+- Workers of a cluster do not inherit the driver's environment: `worker_environment` (PYTHONPATH with
+  this snncc first, every `SNNCC_*` variable, the native op library's path) goes to them as Ray's
+  `runtime_env`. A private local instance gets it by inheritance instead (its raylet is the driver's
+  child, started with these variables set) and no runtime_env: then the workers Ray prestarts, one per
+  CPU, can host the actors at once; a runtime_env would make Ray start fresh workers for them.
 - Actors restart at most MAX_RESTARTS times and their calls are retried at most MAX_TASK_RETRIES
   times (a lost node costs retries, not rows); work whose every try kills its worker fails instead of
   hanging, and so do a cluster whose head stops answering for HEAD_LOST_SECONDS and one that finishes
@@ -98,8 +101,8 @@ def import_ray():
     return ray
 
 
-def worker_runtime_env() -> dict:
-    """The runtime_env for every worker: this snncc on PYTHONPATH, SNNCC_* variables, the native library."""
+def worker_environment() -> dict[str, str]:
+    """The variables every worker needs: this snncc on PYTHONPATH, SNNCC_* variables, the native library."""
     from snncc.session import native_library_path
 
     env = {k: v for k, v in os.environ.items() if k.startswith("SNNCC_")}
@@ -108,7 +111,22 @@ def worker_runtime_env() -> dict:
     library = native_library_path()
     if library is not None:
         env["SNNCC_NATIVE_LIB"] = str(library.resolve())
-    return {"env_vars": env}
+    return env
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """os.environ with `variables` set (for the processes started meanwhile), restored on exit."""
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _check_reachable(address: str) -> None:
@@ -130,15 +148,19 @@ def connect(address: str, num_cpus: int | None = None) -> Iterator[object]:
 
     if ray.is_initialized():
         raise AssertionError("Ray is already initialised in this process")
-    kwargs = {"runtime_env": worker_runtime_env(), "log_to_driver": False, "logging_level": "ERROR"}
+    kwargs = {"log_to_driver": False, "logging_level": "ERROR"}
     if address == LOCAL:
         kwargs.update(num_cpus=num_cpus or os.cpu_count() or 1, object_store_memory=OBJECT_STORE_BYTES,
                       include_dashboard=False)
+        inherited = _environment({**worker_environment(), "RAY_USAGE_STATS_ENABLED": "0"})  # private: no reporting
     else:
         _check_reachable(address)
+        kwargs["runtime_env"] = {"env_vars": worker_environment()}
+        inherited = contextlib.nullcontext()
     try:
         try:
-            ray.init(address=address, **kwargs)
+            with inherited:
+                ray.init(address=address, **kwargs)
         except AuthenticationError:
             if address == LOCAL or os.environ.get("RAY_AUTH_MODE"):
                 raise

@@ -114,11 +114,12 @@ def test_killing_the_worker_node_mid_run_loses_and_doubles_no_rows(small_snn, tm
     assert json.loads((tmp_path / "ray.json").read_text())["samples"] == FAULT_ROWS
 
 
-def test_a_cluster_that_dies_mid_run_is_one_error_line_and_no_report(small_snn, tmp_path):
-    ann, snn = small_snn
+def test_a_cluster_that_dies_mid_run_is_one_error_line_and_no_report(bundled_snn, tmp_path):
+    """The bundled VGG over 20480 rows: a minute of work, so that the cluster dies long before the end
+    however idle the machine (the small network's run can finish before its processes are killed)."""
     with LoopbackCluster(head_cpus=1, worker_cpus=1) as cluster:
         environment = {**os.environ, "PYTHONPATH": str(REPO), "SNNCC_MAX_SAMPLES": str(FAULT_ROWS), **cluster.client_env}
-        command = [sys.executable, "-m", "snncc", "eval", str(snn), "--ann", str(ann), "--data", "fashion-mnist:train",
+        command = [sys.executable, "-m", "snncc", "eval", str(bundled_snn), "--data", "fashion-mnist:train",
                    "--batch-size", "64", "--json", str(tmp_path / "r.json"), "--ray", cluster.address]
         with subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) as run:
@@ -201,9 +202,34 @@ def test_ray_options_without_ray_are_one_error_line(bundled_snn):
     assert result.stderr.strip().splitlines()[-1] == "ray not imported"
 
 
-def test_row_sources_read_the_rows_load_spec_gives(tmp_path, monkeypatch):
-    """What actors read shard by shard equals the in-process data, row for row and bit for bit."""
+def write_parquet_shards(x, y, folder: Path, files: int = 1, tensor_type: bool = True) -> Path:
+    """x, y as Parquet (column x, column label; row groups of 50 rows) in `files` files of `folder`:
+    x as Arrow's fixed_shape_tensor, or (tensor_type False) as fixed-size lists with the shape in the
+    schema metadata (snncc.shape); returns the file, or the folder when files > 1."""
     import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if tensor_type:
+        column = pa.FixedShapeTensorArray.from_numpy_ndarray(np.ascontiguousarray(x).copy())
+        metadata = {}
+    else:
+        column = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), int(np.prod(x.shape[1:])))
+        metadata = {"snncc.shape": json.dumps(list(x.shape[1:]))}
+    table = pa.table({"x": column, "label": y}).replace_schema_metadata(metadata)
+    folder.mkdir(parents=True, exist_ok=True)
+    bounds = np.linspace(0, len(x), files + 1).astype(int)
+    for index, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        pq.write_table(table.slice(start, stop - start), folder / f"part-{index}.parquet", row_group_size=50)
+    return folder if files > 1 else folder / "part-0.parquet"
+
+
+def test_row_sources_read_the_rows_load_spec_gives(tmp_path, monkeypatch):
+    """What actors read shard by shard equals the in-process data, row for row and bit for bit
+    (Parquet and .npy shards: ranges across row groups and files)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from snncc.data import load_spec, open_rows
 
@@ -211,14 +237,70 @@ def test_row_sources_read_the_rows_load_spec_gives(tmp_path, monkeypatch):
     x, y = load_spec("fashion-mnist:test")
     np.save(tmp_path / "x.npy", x.astype(np.float64) * 3)  # cast to float32 on reading, as load_spec does
     np.savez(tmp_path / "xy.npz", x=x, y=y)
-    for spec in ("fashion-mnist:test", str(tmp_path / "x.npy"), str(tmp_path / "xy.npz")):
+    (tmp_path / "npy").mkdir()
+    for index, (start, stop) in enumerate(((0, 60), (60, 61), (61, 130))):
+        np.save(tmp_path / "npy" / f"{index}.npy", x[start:stop])
+    lists = pa.table({"x": pa.array(list(x.reshape(len(x), -1).astype(np.float64)))})  # list<double>, no labels
+    pq.write_table(lists.replace_schema_metadata({"snncc.shape": "[1, 28, 28]"}), tmp_path / "lists.parquet",
+                   row_group_size=40)
+    specs = {"fashion-mnist:test": y, str(tmp_path / "x.npy"): None, str(tmp_path / "xy.npz"): y,
+             str(write_parquet_shards(x, y, tmp_path / "one")): y,
+             str(write_parquet_shards(x, y, tmp_path / "three", files=3, tensor_type=False)): y,
+             str(tmp_path / "lists.parquet"): None, str(tmp_path / "npy"): None}
+    for spec, expected_labels in specs.items():
         expected, labels = load_spec(spec)
+        if spec != str(tmp_path / "x.npy"):
+            assert np.array_equal(expected, x), spec
         source, source_labels = open_rows(spec)
         assert source.rows == len(expected) == 130
-        for start, stop in ((0, 64), (64, 128), (128, 130), (5, 5)):
+        for start, stop in ((0, 64), (64, 128), (128, 130), (5, 5), (45, 95), (59, 62)):
             got = source.read(start, stop)
             assert got.dtype == np.float32 and np.array_equal(got, expected[start:stop]), (spec, start)
         assert np.array_equal(source[np.array([3, 77, 129])], expected[[3, 77, 129]])
-        assert (labels is None and source_labels is None) or np.array_equal(labels, source_labels)
+        for found in (labels, source_labels):
+            assert (found is None) == (expected_labels is None), spec
+            assert found is None or (found.dtype == np.int64 and np.array_equal(found, expected_labels)), spec
     with pytest.raises(IndexError):
         source.read(120, 131)
+
+
+def test_parquet_data_gives_the_report_of_the_same_rows_from_npz(bundled_snn, tmp_path):
+    """A Parquet file in-process and a folder of Parquet files on a private Ray instance give, byte for
+    byte, the report of the same Fashion-MNIST rows from a .npz file (but for the data's name)."""
+    import numpy as np
+
+    from snncc.data import load
+
+    x, y = (array[:300] for array in load("fashion-mnist", "test"))
+    np.savez(tmp_path / "rows.npz", x=x, y=y)
+    runs = {"rows.npz": [], str(write_parquet_shards(x, y, tmp_path / "file").relative_to(tmp_path)): [],
+            str(write_parquet_shards(x, y, tmp_path / "folder", files=2, tensor_type=False).relative_to(tmp_path)):
+                ["--ray", "--ray-actors", 2]}
+    reports = {}
+    for data, flags in runs.items():
+        ok(snncc("eval", bundled_snn, "--data", tmp_path / data, "--batch-size", 40, "--json", tmp_path / "r.json",
+                 "--force", *flags))
+        reports[data] = (tmp_path / "r.json").read_text().replace(str(tmp_path / data), "DATA")
+    assert reports["file/part-0.parquet"] == reports["rows.npz"] == reports["folder"]
+    assert json.loads(reports["rows.npz"])["samples"] == 300
+
+
+@pytest.mark.parametrize("fault", ["no column x", "a row of another length"])
+def test_malformed_parquet_is_one_error_line(bundled_snn, tmp_path, fault):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [np.full(784, 0.5, np.float32)] * 20
+    if fault == "a row of another length":
+        rows[13] = rows[13][:700]
+        expected = ": row 13 of column 'x' holds 700 values, expected 784 (shape [1, 28, 28])"
+        table = pa.table({"x": pa.array(rows)}).replace_schema_metadata({"snncc.shape": "[1, 28, 28]"})
+    else:
+        expected = " has no column 'x' (found: pixels, label)"
+        table = pa.table({"pixels": pa.array(rows), "label": np.zeros(20, np.int64)})
+    pq.write_table(table, tmp_path / "bad.parquet")
+    result = snncc("eval", bundled_snn, "--data", tmp_path / "bad.parquet", "--json", tmp_path / "r.json")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"snncc: error: data file {tmp_path / 'bad.parquet'}{expected}"]
+    assert not (tmp_path / "r.json").exists()
