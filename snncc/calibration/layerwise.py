@@ -6,8 +6,8 @@ neuron layer already fixed and quantised as the SNN runs it:
 
 1. (`ridge`) the affine layer feeding l (`layer_graph.affine_producer`) is refit in closed form
    by ridge regression towards its original weights, from its quantised inputs to the ANN's
-   input current of l (`affine_refit`); the first layers, whose inputs do not depend on any
-   neuron, are left alone;
+   input current of l (`affine_refit`), λ chosen by the error on held-out calibration samples;
+   the first layers, whose inputs do not depend on any neuron, are left alone;
 2. the per-channel θ_pre, θ_post, ψ minimising l's output error against the ANN are searched
    (`neuron_search`), around the bias correction δ = mean(z_ann) − mean(z_q); δ is moved into the
    bias of the affine layer feeding l where there is one (bias correction), else it stays in ψ;
@@ -150,36 +150,46 @@ def calibrate_layerwise(model: ir.Model, data: CalibrationData, steps: int, tops
     last_use = {name: i for i, names in enumerate(cuts) for name in names}
     target_names = {n.name for n in targets}
     refit, corrected = {}, []  # refit: λ per layer
+
+    def release(path: _Path, step: int) -> None:
+        for name in cuts[step]:
+            if last_use[name] == step:
+                path.drop(name)
+
     for i, node in enumerate(progress(layers, f"layer-wise calibration T={steps}", unit="layer")):
         if not is_activation(node):
             _refit(quantised, reference, cuts[i], AffineLayer(node), node.outputs[0].name, False, f"least-squares head {node.name}")
-        elif node.name not in target_names:  # calibrated already (QCFS at T = T̃): carried along
-            z_name = node.inputs[0].name
-            for path in (reference, quantised):
-                for _ in path.run(cuts[i], [z_name], keep=z_name):
-                    pass
         else:
-            _fit_activation(quantised, reference, cuts[i], node, steps, tops.get(node.name), ridge, refit, corrected)
-        for name in cuts[i]:
-            if last_use[name] == i:
-                quantised.drop(name)
-                reference.drop(name)
+            maximum = _reference_currents(reference, cuts[i], node)
+            release(reference, i)  # before the quantised path's values of this step are made
+            if node.name in target_names:
+                _fit_activation(quantised, reference, cuts[i], node, steps, tops.get(node.name, maximum), ridge, refit, corrected)
+            else:  # calibrated already (QCFS at T = T̃): carried along
+                for _ in quantised.run(cuts[i], [node.inputs[0].name], keep=node.inputs[0].name):
+                    pass
+        release(quantised, i)
+        release(reference, i)
     return {"layerwise": True, "ridge": "held-out" if ridge else None, "refit": list(refit), "ridge_lambda": refit,
             "bias_corrected": corrected,
             "head": head, "head_layers": [n.name for n in heads]}
 
 
+def _reference_currents(reference: _Path, inputs: list[str], node: ir.Node) -> np.ndarray:
+    """Keep the ANN's input current of activation `node` for the whole set; returns the per-channel
+    maximum of the activation's output (≥ 0)."""
+    z_name = node.inputs[0].name
+    maximum = 0
+    for _, r in reference.run(inputs, [z_name, node.outputs[0].name], keep=z_name):
+        maximum = np.maximum(maximum, r.max(axis=tuple(a for a in range(r.ndim) if a != 1)))
+    return maximum
+
+
 def _fit_activation(quantised: _Path, reference: _Path, inputs: list[str], node: ir.Node, steps: int,
-                    top: np.ndarray | None, ridge: bool, refit: dict[str, float], corrected: list[str]) -> None:
-    """Refit the layer feeding `node` (ridge), search its neuron parameters, correct the bias; keep
-    its input current on both paths for the next layers. `top`: the upper end of the θ search
-    (None: the ANN's per-channel maximum output)."""
+                    top: np.ndarray, ridge: bool, refit: dict[str, float], corrected: list[str]) -> None:
+    """Refit the layer feeding `node` (ridge), search its neuron parameters (θ_pre up to `top`),
+    correct the bias; keep its input current on the quantised path for the next layers (the ANN's
+    is kept already)."""
     z_name, out_name = node.inputs[0].name, node.outputs[0].name
-    maximum = None
-    for _, r in reference.run(inputs, [z_name, out_name], keep=z_name):
-        found = r.max(axis=tuple(a for a in range(r.ndim) if a != 1))
-        maximum = found if maximum is None else np.maximum(maximum, found)
-    top = np.maximum(maximum, 0) if top is None else top
     affine = affine_producer(node)
     if ridge and _refittable(affine):
         refit[affine.name] = _refit(quantised, reference, inputs, AffineLayer(affine), z_name, True, f"ridge refit {affine.name}")
