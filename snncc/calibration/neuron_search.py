@@ -71,7 +71,8 @@ class OutputErrorStatistics:
         flat = flat.reshape(-1)
         self.count += np.bincount(flat, minlength=channels * BINS).reshape(channels, BINS)
         self.sum_r += np.bincount(flat, weights=r.reshape(-1), minlength=channels * BINS).reshape(channels, BINS)
-        self.sum_r2 += _channel_sum(np.square(r))
+        with np.errstate(over="ignore"):  # an overflow shows as a non-finite sum, refused where it is used
+            self.sum_r2 += _channel_sum(np.square(r))
         self.sum_z_q += _channel_sum(z_q)
         self.sum_z_ann += _channel_sum(z_ann)
         self.n += z_q.size // channels
