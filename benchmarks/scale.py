@@ -15,12 +15,19 @@ checked to equal the in-process report byte for byte. Where the private instance
 timed once per repeat by a probe (ray_runtime.connect("local"), as many empty actors as eval starts,
 ray.shutdown), phase by phase.
 
-    python benchmarks/scale.py [--rows 500,5000] [--repeats 1] [--T 4] [--json out.json] [--write-docs]
+`--sweep N` also times a sweep cell grid (`snncc sweep` of the ReLU VGG at T = 2, 4, 8, 16, variants
+relu-thr and relu+cal: 8 cells, N test and N calibration rows) in-process against `sweep --ray` on a
+private local instance with one actor per core, taking turns, best of the repeats; the two CSVs must
+be equal but for the per-cell seconds. With `--from-json`, the sweep is added to that earlier run.
+
+    python benchmarks/scale.py [--rows 500,5000] [--repeats 1] [--T 4] [--sweep N] [--json out.json]
+                               [--from-json earlier.json] [--write-docs]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import subprocess
@@ -72,6 +79,44 @@ with connect("local") as ray:
 print(joined - started, ready - joined, time.perf_counter() - ready)
 """
 STARTUP_PHASES = ("start and join", "actors ready", "shutdown")
+
+
+SWEEP_MODEL = REPO / "models" / "fmnist_relu_vgg.onnx"
+SWEEP_GRID = ["--T", "2,4,8,16", "--variants", "relu-thr,relu+cal", "--data", "fashion-mnist:test",
+              "--calib", "fashion-mnist:train", "--no-plot", "--force"]
+SWEEP_TIMINGS = ("compile_s", "eval_s")  # the only CSV columns that may differ between the two runs
+
+
+def run_sweep(prefix: Path, rows: int, ray: list[str]) -> tuple[float, list[dict]]:
+    """Wall seconds of one `snncc sweep` of the grid on `rows` rows, and its CSV rows without timings."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "SNNCC_MAX_SAMPLES": str(rows)}
+    environment.pop("RAY_ADDRESS", None)
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "snncc", "sweep", str(SWEEP_MODEL), *SWEEP_GRID, "-o", str(prefix),
+                           *ray], env=environment, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"snncc sweep {' '.join(ray)} failed:\n{done.stderr[-3000:]}")
+    with open(prefix.with_suffix(".csv"), newline="") as table:
+        cells = [{k: v for k, v in row.items() if k not in SWEEP_TIMINGS} for row in csv.DictReader(table)]
+    return seconds, cells
+
+
+def measure_sweep(rows: int, repeats: int) -> dict:
+    """Best-of-repeats wall time of the sweep grid in-process and with --ray (one actor per core)."""
+    cores = os.cpu_count() or 1
+    configurations = {"in-process": [], "ray 1 node": ["--ray", "--ray-actors", str(cores)]}
+    seconds = {name: [] for name in configurations}
+    cells = {}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(repeats):
+            for name, ray in configurations.items():
+                took, cells[name] = run_sweep(Path(folder) / f"sweep{repeat}{len(ray)}", rows, ray)
+                seconds[name].append(took)
+    best = {name: min(times) for name, times in seconds.items()}
+    return {"rows": rows, "repeats": repeats, "cells": len(cells["in-process"]), "actors": cores,
+            "seconds": best, "ray_vs_in_process": best["ray 1 node"] / best["in-process"],
+            "table_equals_in_process": cells["ray 1 node"] == cells["in-process"]}
 
 
 def startup_phases(actors: int) -> list[float]:
@@ -173,6 +218,7 @@ def markdown(result: dict) -> str:
         "joining a running cluster (\"ray 2 nodes\", started beforehand), then one worker process per actor "
         "and the models loaded there.", "",
         *startup_text(result),
+        *sweep_text(result),
         "**On paper: a 50k-image ImageNet eval of a T = 64 ResNet-50 on N nodes.** This run's in-process rate "
         f"is {in_process['rows_per_s']:.0f} rows/s × {result['snn_macs_per_row'] / 1e6:.0f} M MACs per row (the "
         "time-expanded SNN runs the ANN's synaptic layers densely on T × the batch: spikes are computed as "
@@ -188,6 +234,23 @@ def markdown(result: dict) -> str:
         "N nodes take 50000 × t_row / N plus the fixed cost above. `--fold-time` runs the synaptic layers once "
         "on rates instead of 64 times, dividing the dense work by about 64.", "",
     ])
+
+
+def sweep_text(result: dict) -> list[str]:
+    """The paragraph on the sweep cell grid (none for runs without --sweep)."""
+    sweep = result.get("sweep")
+    if not sweep:
+        return []
+    here, ray = sweep["seconds"]["in-process"], sweep["seconds"]["ray 1 node"]
+    return [
+        f"**A sweep cell grid** (`snncc sweep` of fmnist_relu_vgg.onnx at T = 2, 4, 8, 16, variants relu-thr and "
+        f"relu+cal: {sweep['cells']} cells on {sweep['rows']} test and {sweep['rows']} calibration rows, best of "
+        f"{sweep['repeats']}, taking turns): in-process {here:.1f} s, `--ray --ray-actors {sweep['actors']}` "
+        f"(private instance, one cell per actor at a time) {ray:.1f} s, {sweep['ray_vs_in_process']:.2f}× the "
+        "in-process wall time; the two CSVs "
+        f"{'are equal' if sweep['table_equals_in_process'] else 'DIFFER'} but for the per-cell seconds. On a machine "
+        "this small the cells cannot gain from running side by side (each actor has one intra-op thread, the "
+        "in-process cells two), and the grid's wall time includes `--ray`'s fixed start-up (above) once.", ""]
 
 
 def startup_text(result: dict) -> list[str]:
@@ -217,10 +280,13 @@ def main() -> None:
     parser.add_argument("--T", dest="steps", type=int, default=4)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--write-docs", action="store_true", help=f"replace the '{HEADING}' section of {DOCS}")
-    parser.add_argument("--from-json", type=Path, help="write the table of an earlier run's --json, measuring nothing")
+    parser.add_argument("--from-json", type=Path, help="an earlier run's --json instead of measuring eval again")
+    parser.add_argument("--sweep", type=int, metavar="N", help="also time the sweep cell grid on N rows (in-process vs --ray)")
     args = parser.parse_args()
     rows = sorted(int(n) for n in args.rows.split(","))
     result = json.loads(args.from_json.read_text()) if args.from_json else measure(rows, args.repeats, args.steps)
+    if args.sweep:
+        result["sweep"] = measure_sweep(args.sweep, args.repeats)
     text = json.dumps(result, indent=2)
     print(text)
     print(markdown(result))
