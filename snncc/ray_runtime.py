@@ -22,7 +22,10 @@ Invariant: nothing imports Ray unless the user asked for `--ray` (this module im
   times (a lost node costs retries, not rows); work whose every try kills its worker fails instead of
   hanging, and so do a cluster whose head stops answering for HEAD_LOST_SECONDS and one that finishes
   nothing for STALL_SECONDS ($SNNCC_RAY_STALL_SECONDS): `ClusterFailure`, a user error (one line, exit
-  2). Statistics must come back per item (actors restart empty).
+  2). An item whose actor is unreachable (its node just died: calls fail fast, using up Ray's task
+  retries, until the cluster marks the node dead and restarts the actor elsewhere) is sent again
+  to the same actor handle each second, for at most UNAVAILABLE_SECONDS. Statistics must come
+  back per item (actors restart empty).
 - Errors raised by user code on an actor (SnnccError) come back as themselves.
 """
 
@@ -45,6 +48,7 @@ OBJECT_STORE_BYTES = 256 * 2**20  # a private local instance: results are small,
 STALL_SECONDS = float(os.environ.get("SNNCC_RAY_STALL_SECONDS", "600"))
 POLL_SECONDS = 2.0  # how often a waiting driver checks that the cluster's head still answers
 HEAD_LOST_SECONDS = 15.0  # head unreachable this long: give up (before Ray ends the driver at 60 s)
+UNAVAILABLE_SECONDS = 120.0  # an item whose actor stays unreachable this long (its node lost, no restart): give up
 IN_FLIGHT_PER_ACTOR = 2  # one running, one queued: no idle gap between items
 _PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,10 +199,11 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
     IN_FLIGHT_PER_ACTOR items; results in item order. `on_result(index, result)` runs as each one
     arrives (progress). Raises the SnnccError an item raised, or ClusterFailure."""
     import ray
-    from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError, RayError, RayTaskError
 
     results: list = [None] * len(items)
     pending: dict = {}  # object ref -> (item index, actor)
+    unavailable_since: dict[int, float] = {}  # item index -> when its actor was first unreachable
     queue = iter(range(len(items)))
 
     def submit(actor) -> None:
@@ -211,14 +216,19 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
             submit(actor)
     head = ray.get_runtime_context().gcs_address
     last_result = head_seen = time.monotonic()
+
+    def check_head(now: float) -> None:
+        nonlocal head_seen
+        if _unreachable(head) is None:
+            head_seen = now
+        elif now - head_seen > HEAD_LOST_SECONDS:
+            raise ClusterFailure(f"lost the Ray cluster's head at {head} ({len(pending)} items pending)")
+
     while pending:
         done, _ = ray.wait(list(pending), num_returns=1, timeout=POLL_SECONDS)
         now = time.monotonic()
         if not done:
-            if _unreachable(head) is None:
-                head_seen = now
-            elif now - head_seen > HEAD_LOST_SECONDS:
-                raise ClusterFailure(f"lost the Ray cluster's head at {head} ({len(pending)} items pending)")
+            check_head(now)
             if now - last_result > STALL_SECONDS:
                 raise ClusterFailure(f"the Ray cluster finished no work for {STALL_SECONDS:.0f} s "
                                      f"({len(pending)} items pending)")
@@ -232,6 +242,14 @@ def map_ordered(actors: Sequence, method: str, items: Sequence,
             if isinstance(cause, SnnccError):
                 raise cause from None
             raise
+        except ActorUnavailableError as error:
+            check_head(now)
+            if now - unavailable_since.setdefault(index, now) > UNAVAILABLE_SECONDS:
+                raise ClusterFailure(f"the Ray cluster could not finish item {index + 1} of {len(items)}: its actor "
+                                     f"stayed unreachable for {UNAVAILABLE_SECONDS:.0f} s: {_first_line(error)}") from None
+            time.sleep(1.0)
+            pending[getattr(actor, method).remote(items[index])] = (index, actor)
+            continue
         except (RayError, GetTimeoutError) as error:
             raise ClusterFailure(f"the Ray cluster could not finish item {index + 1} of {len(items)}: "
                                  f"{type(error).__name__}: {_first_line(error)}") from None
