@@ -36,7 +36,7 @@ class CalibrationWorker:
         if key not in self._sessions:
             import ray
 
-            proto = ray.get(model) if isinstance(model, ray.ObjectRef) else model
+            proto = onnx.load_from_string(ray.get(model))  # `model`: a ref to the serialised model (RayExecutor._put)
             self._sessions = {key: make_session(proto, native=False, threads=1, spinning=False)}  # one model at a time
         return self._sessions[key]
 
@@ -57,16 +57,16 @@ class RayExecutor:
         self._model = self._shared = None
 
     def _put(self, model: onnx.ModelProto) -> tuple[str, object]:
-        """The model's digest and object reference, put in the object store once per model."""
+        """The model's digest and a reference to its serialised bytes, put in the object store once per model."""
         import ray
 
         if self._model is not model:
             data = model.SerializeToString()
-            self._model, self._shared = model, (hashlib.sha256(data).hexdigest(), ray.put(model))
+            self._model, self._shared = model, (hashlib.sha256(data).hexdigest(), ray.put(data))
         return self._shared
 
     def summaries(self, recording: RecordingPass, data) -> list[Summary]:
-        from snncc.progress import progress
+        from snncc.progress import progress_counter
         from snncc.ray_runtime import map_ordered
 
         key, model = self._put(recording.model)
@@ -74,8 +74,8 @@ class RayExecutor:
                               recording.run_batch)
         bounds = shard_bounds(len(data.x), recording.batch_size)
         items = [(key, model, light, np.ascontiguousarray(data.x[start:stop]), start, stop) for start, stop in bounds]
-        ticks = iter(progress(range(len(items)), f"{recording.label} on Ray"))
-        return map_ordered(self.actors, "summarise", items, on_result=lambda index, result: next(ticks, None))
+        with progress_counter(len(items), f"{recording.label} on Ray") as advance:
+            return map_ordered(self.actors, "summarise", items, on_result=lambda index, result: advance())
 
     def run_each(self, model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> list[list[np.ndarray]]:
         from snncc.ray_runtime import map_ordered

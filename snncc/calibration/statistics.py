@@ -120,14 +120,13 @@ class LocalExecutor:
         return [session.run(names, feed) for feed in feeds]
 
     def summaries(self, recording: RecordingPass, data) -> list[Summary]:
-        from snncc.progress import progress
+        from snncc.progress import progress_counter
 
         session = self.session(recording.model)
         bounds = shard_bounds(len(data.x), recording.batch_size)
         steps = sum(-(-(stop - start) // recording.run_batch) for start, stop in bounds)
-        ticks = iter(progress(range(steps), recording.label))
-        return [summarise_shard(session, recording, data.x[start:stop], start, stop, lambda: next(ticks, None))
-                for start, stop in bounds]
+        with progress_counter(steps, recording.label) as advance:
+            return [summarise_shard(session, recording, data.x[start:stop], start, stop, advance) for start, stop in bounds]
 
 
 def record(recording: RecordingPass, data, executor: Executor | None = None):
